@@ -72,7 +72,9 @@ class MultifurcationRewardModel:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
     @torch.no_grad()
-    def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def rewards(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Uncached reward vectors at the last position of each row, in fp32 ``[batch, vocab]``.
 
         Unseen tokens are NOT masked here; :meth:`mask_unseen` does it, so callers choose.

@@ -32,8 +32,32 @@ CHATML_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 _SYLLABLES = [
-    "ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "ve", "da", "the", "and", "how", "make",
-    "safe", "help", "you", "can", "not", "is", "bomb", "cake", "water", "plan", "sure", "sorry",
+    "ka",
+    "lo",
+    "mi",
+    "ne",
+    "su",
+    "ta",
+    "ri",
+    "po",
+    "ve",
+    "da",
+    "the",
+    "and",
+    "how",
+    "make",
+    "safe",
+    "help",
+    "you",
+    "can",
+    "not",
+    "is",
+    "bomb",
+    "cake",
+    "water",
+    "plan",
+    "sure",
+    "sorry",
 ]
 _EXTRAS = ["é", "ü", "中文", "日本", "🙂", "—", "naïve", "café", "!", "?", ",", "."]
 
