@@ -75,23 +75,19 @@ def smollm2_dir(root: Path | None = None) -> Path:
 def _convert(gguf: Path, target: Path) -> None:
     """De-quantise the GGUF into fp32 safetensors + tokenizer files in ``target`` (atomic rename)."""
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as e:  # pragma: no cover - transformers is a hard dependency
-        raise ModelLoadError(f"transformers is required to convert SmolLM2: {e}") from e
-    try:
         import gguf as _gguf  # noqa: F401
     except ImportError as e:
         raise ModelLoadError(
             "converting SmolLM2 from GGUF needs the 'gguf' package: "
             "pip install 'langchain-saffron[gguf]'"
         ) from e
+    from saffron_runtime.models.loading import load_policy
+
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-smollm2-", dir=target.parent))
     try:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model.hf_quantizer = None
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        loaded = load_policy(str(gguf), dtype="float32")
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
         (tmp / _DONE_MARKER).write_text(f"converted from {gguf}\n")
         if target.exists():
             shutil.rmtree(target)

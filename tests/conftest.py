@@ -1,0 +1,40 @@
+"""Shared test set-up: offline Hugging Face, a tiny model factory and the real SmolLM2 (session-scoped)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SAFFRON1_FIXTURE = SHARED / "fixtures" / "saffron-1-1b"
+SHARED_DATA = SHARED / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """Tokenizer + tiny random Llama policy + tiny reward backbone sharing the vocabulary."""
+    from saffron_runtime.testing import build_tiny_models
+
+    return build_tiny_models("llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (converted once into the user cache, then ~1 s loads)."""
+    from saffron_runtime.models import load_policy
+
+    return load_policy("smollm2", chat=True)
+
+
+@pytest.fixture(scope="session")
+def saffron1_fixture() -> Path:
+    """The released Saffron-1 adapter folder (read-only; from ../shared beside the checkout)."""
+    if not (SAFFRON1_FIXTURE / "adapter_model.safetensors").is_file():
+        pytest.fail(f"the Saffron-1 fixture is missing at {SAFFRON1_FIXTURE}: ../shared must be beside the checkout")
+    return SAFFRON1_FIXTURE

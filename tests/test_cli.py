@@ -1,0 +1,45 @@
+"""The saffron console script: --version, info, demo and one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from saffron_runtime.cli import app
+
+runner = CliRunner()
+
+
+def test_version():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.startswith("saffron 0.1.0")
+
+
+def test_info_reports_versions_cache_and_smollm2(monkeypatch, tmp_path):
+    from saffron_runtime import cli
+
+    monkeypatch.setenv("SAFFRON_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cli.console, "width", 400)
+    res = runner.invoke(app, ["info"])
+    assert res.exit_code == 0, res.output
+    for word in ("torch", "transformers", "langchain-core", str(tmp_path), "SmolLM2-135M-Instruct", "installed"):
+        assert word in res.output
+    assert "converts on first use" in res.output
+
+
+def test_every_command_has_help_with_an_example():
+    for cmd in ("info", "demo"):
+        res = runner.invoke(app, [cmd, "--help"])
+        assert res.exit_code == 0 and "Example:" in res.output
+
+
+def test_bad_option_is_one_line():
+    res = runner.invoke(app, ["demo", "--max-new-tokens", "0"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+@pytest.mark.smollm2
+def test_basic_demo_generates_on_smollm2(smollm2):
+    res = runner.invoke(app, ["demo", "--prompt", "Name a colour.", "--max-new-tokens", "6"])
+    assert res.exit_code == 0, res.output
+    assert "SmolLM2-135M-Instruct (unguarded, greedy)" in res.output and "Not built yet" in res.output
