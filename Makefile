@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m ruff check saffron_runtime langchain_saffron tests benchmarks examples
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
