@@ -6,6 +6,7 @@ import functools
 import sys
 from collections.abc import Callable
 from importlib import metadata
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -109,6 +110,70 @@ def demo(
     from saffron_runtime.demo import run_basic_demo
 
     run_basic_demo(console, prompt=prompt, max_new_tokens=max_new_tokens)
+
+
+train_app = typer.Typer(help="Train reward models and monitors.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("mrm")
+@one_line_errors
+def train_mrm_cmd(
+    data: Annotated[
+        Path,
+        typer.Option(help="Token-level reward JSONL (see saffron_runtime.training.reward_data)."),
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Output folder (Saffron-1 adapter layout + model card).")
+    ],
+    base: Annotated[
+        str, typer.Option(help="Backbone: 'smollm2', a folder or a .gguf file.")
+    ] = "smollm2",
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Responses per step.")] = 8,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
+    max_response_tokens: Annotated[
+        int, typer.Option(help="Truncate responses to this many tokens.")
+    ] = 256,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train a multifurcation reward model with partial supervision; resumes from OUT/checkpoints.
+
+    Example: saffron train mrm --data rewards.jsonl --out runs/mrm --base smollm2
+    """
+    from pydantic import ValidationError
+
+    from saffron_runtime.errors import ConfigError
+    from saffron_runtime.training.mrm_train import MRMTrainConfig, train_mrm
+
+    try:
+        cfg = MRMTrainConfig(
+            data=data,
+            out=out,
+            base=base,
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            lora_r=lora_r,
+            max_steps=max_steps,
+            checkpoint_every=checkpoint_every,
+            max_response_tokens=max_response_tokens,
+            seed=seed,
+        )
+    except ValidationError as e:
+        raise ConfigError(_pydantic_one_line(e)) from None
+    train_mrm(cfg)
+    console.print(f"saved the MRM to {out}")
+
+
+def _pydantic_one_line(e: Exception) -> str:
+    """``field: message (got value)`` for the first validation error of a pydantic model."""
+    err = e.errors()[0]  # type: ignore[attr-defined]
+    field = ".".join(str(x) for x in err["loc"])
+    return f"invalid {field}: {err['msg']} (got {err.get('input')!r})"
 
 
 if __name__ == "__main__":  # pragma: no cover

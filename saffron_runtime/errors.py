@@ -37,6 +37,10 @@ class PromptError(SaffronError, ValueError):
     """A prompt is empty, unrenderable or longer than the model's context."""
 
 
+class DataError(SaffronError, ValueError):
+    """A data file is malformed; the message names the file, the line and what is wrong."""
+
+
 class SearchCancelled(SaffronError):
     """A long operation saw its stop event and ended early."""
 

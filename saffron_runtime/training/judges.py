@@ -1,0 +1,98 @@
+"""Prefix judges: score every prefix ``y_<=t`` of a response with a safety margin (higher = safer).
+
+A judge is anything with ``score_prefixes(prompt, response_ids) -> list[float]``. A causal judge with
+a response head scores all prefixes in one forward; that is exact only when nothing (a suffix, an
+EOS) follows the response in the judge's input, which :class:`CausalHeadJudge` guarantees by building
+its input as ``prefix_ids(prompt) + response_ids`` (token ids joined, never re-tokenised text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@runtime_checkable
+class PrefixJudge(Protocol):
+    """Scores every prefix of a response: element t is the margin of ``prompt + response[: t + 1]``."""
+
+    name: str
+
+    def score_prefixes(self, prompt: str, response_ids: Sequence[int]) -> list[float]:
+        """One safety margin per response token (higher = safer, below 0 = unsafe)."""
+        ...
+
+
+def chat_prefix_builder(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], list[int]]:
+    """Prefix ids = the chat template of a one-turn user prompt with the assistant header, as the policy sees it."""
+
+    def build(prompt: str) -> list[int]:
+        return list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
+        )
+
+    return build
+
+
+class CausalHeadJudge:
+    """A causal backbone plus a 2-way head (index 1 = harmful): margin = logit[safe] - logit[harmful].
+
+    All prefixes are scored in one forward: causal attention makes position ``P + t`` see exactly
+    ``prefix + response[: t + 1]``.
+    """
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        head: torch.nn.Linear,
+        prefix_ids: Callable[[str], list[int]],
+        *,
+        name: str = "causal-head-judge",
+    ) -> None:
+        self.backbone = backbone
+        self.head = head
+        self.prefix_ids = prefix_ids
+        self.name = name
+
+    @torch.no_grad()
+    def score_prefixes(self, prompt: str, response_ids: Sequence[int]) -> list[float]:
+        """Margins for every prefix of ``response_ids`` from a single forward."""
+        if not response_ids:
+            return []
+        prefix = self.prefix_ids(prompt)
+        ids = torch.tensor([prefix + list(response_ids)], device=self.backbone.device)
+        out = self.backbone(input_ids=ids, output_hidden_states=True, logits_to_keep=1)
+        h = out.hidden_states[-1][0, len(prefix) :].to(self.head.weight.dtype)
+        logits = self.head(h).float()
+        return (logits[:, 0] - logits[:, 1]).tolist()
+
+
+class CallableJudge:
+    """Wraps ``fn(prompt, response_text) -> margin``; scores each prefix with its own call (O(T) calls)."""
+
+    def __init__(
+        self,
+        fn: Callable[[str, str], float],
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str = "callable-judge",
+    ) -> None:
+        self.fn = fn
+        self.tokenizer = tokenizer
+        self.name = name
+
+    def score_prefixes(self, prompt: str, response_ids: Sequence[int]) -> list[float]:
+        """Margins for every prefix, decoding each prefix's text."""
+        ids = list(response_ids)
+        return [
+            float(self.fn(prompt, self.tokenizer.decode(ids[: t + 1], skip_special_tokens=True)))
+            for t in range(len(ids))
+        ]

@@ -1,0 +1,269 @@
+"""MRM training with partial supervision (DESIGN 1.1).
+
+For a response ``y`` to prompt ``x`` with token rewards ``r_t``, only the reward entry of the token
+actually observed is supervised: ``L = mean_t loss(R(x, y_<t)[y_t], r_t)`` (squared error by default;
+the paper's sum, averaged over tokens for a step size that does not depend on length). The head rows of
+the observed tokens are gathered from the final hidden states, so no ``[T, vocab]`` logits are built
+and no other vocabulary entry receives gradient. LoRA through peft; the unseen-token mask marks every
+token never supervised in the training data.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from saffron_runtime.cancel import raise_if_stopped
+from saffron_runtime.jsonl import read_jsonl
+from saffron_runtime.models.loading import LoadedModel, load_policy
+from saffron_runtime.models.mrm import MRMTemplate, MultifurcationRewardModel
+from saffron_runtime.models.mrm_io import save_mrm
+from saffron_runtime.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from saffron_runtime.training.model_card import write_model_card
+from saffron_runtime.training.reward_data import TokenRewardRecord
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LOSSES: dict[str, LossFn] = {
+    "mse": lambda pred, target: (pred - target).pow(2),
+    "huber": lambda pred, target: torch.nn.functional.huber_loss(pred, target, reduction="none"),
+}
+
+
+class MRMTrainConfig(BaseModel):
+    """Settings of one MRM training run; every field is validated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path
+    out: Path
+    base: str = "smollm2"
+    template_prefix: str = MRMTemplate().prefix
+    template_separator: str = MRMTemplate().separator
+    lora_r: int = Field(8, ge=1, le=256)
+    lora_alpha: float = Field(16.0, gt=0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    epochs: int = Field(1, ge=1, le=1000)
+    batch_size: int = Field(8, ge=1, le=1024)
+    max_response_tokens: int = Field(256, ge=1, le=8192)
+    loss: Literal["mse", "huber"] = "mse"
+    seed: int = 0
+    checkpoint_every: int = Field(50, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+
+
+def partial_supervision_loss(
+    hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    head_bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    loss_fn: LossFn = LOSSES["mse"],
+) -> torch.Tensor:
+    """Mean loss of the gathered rewards ``R[pos, y] = h_pos . W[y] (+ b[y])`` against ``r``.
+
+    ``hidden`` [B, T, H] are the states that predict the next token; ``targets``/``rewards``/``mask``
+    are [B, T]. Only ``W[y]`` rows (and ``b[y]``) of observed tokens enter the graph.
+    """
+    rows = head_weight[targets]  # [B, T, H]
+    pred = (hidden.to(rows.dtype) * rows).sum(-1)
+    if head_bias is not None:
+        pred = pred + head_bias[targets]
+    per_tok = loss_fn(pred.float(), rewards.float()) * mask
+    return per_tok.sum() / mask.sum().clamp(min=1)
+
+
+def _batch(
+    records: list[TokenRewardRecord], prefix_ids: dict[str, list[int]], pad: int, max_resp: int
+) -> dict[str, torch.Tensor]:
+    """Right-padded inputs ``prefix + y[:-1]``; the state at ``P-1+t`` predicts ``y_t``'s reward."""
+    rows, tgts, lens = [], [], []
+    for r in records:
+        pre, y, rw = prefix_ids[r.id], r.response_ids[:max_resp], r.rewards[:max_resp]
+        rows.append(pre + y[:-1])
+        tgts.append((len(pre), y, rw))
+        lens.append(len(pre) + len(y) - 1)
+    width = max(lens)
+    ids = torch.full((len(records), width), pad, dtype=torch.long)
+    att = torch.zeros((len(records), width), dtype=torch.long)
+    n_tok = max(len(y) for _, y, _ in tgts)
+    pos = torch.zeros((len(records), n_tok), dtype=torch.long)
+    targets = torch.zeros((len(records), n_tok), dtype=torch.long)
+    rewards = torch.zeros((len(records), n_tok))
+    mask = torch.zeros((len(records), n_tok))
+    for i, (row, (p, y, rw)) in enumerate(zip(rows, tgts, strict=True)):
+        ids[i, : len(row)] = torch.tensor(row)
+        att[i, : len(row)] = 1
+        t = len(y)
+        pos[i, :t] = torch.arange(p - 1, p - 1 + t)
+        targets[i, :t] = torch.tensor(y)
+        rewards[i, :t] = torch.tensor(rw)
+        mask[i, :t] = 1
+    return {
+        "input_ids": ids,
+        "attention_mask": att,
+        "pos": pos,
+        "targets": targets,
+        "rewards": rewards,
+        "mask": mask,
+    }
+
+
+def compute_unseen_mask(
+    records: list[TokenRewardRecord], vocab_size: int, max_resp: int
+) -> torch.Tensor:
+    """True for every token never supervised (never an observed response token) in the data."""
+    seen = torch.zeros(vocab_size, dtype=torch.bool)
+    for r in records:
+        seen[torch.tensor(r.response_ids[:max_resp])] = True
+    return ~seen
+
+
+def _decoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer body (LoRA layers are injected in place, so it carries the adapter)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.model
+
+
+def train_mrm(
+    config: MRMTrainConfig,
+    *,
+    base: LoadedModel | None = None,
+    stop_event: object | None = None,
+    progress: bool = True,
+) -> MultifurcationRewardModel:
+    """Train an MRM on token-level reward data; resume from ``out/checkpoints`` if present.
+
+    Writes the Saffron-1 layout plus ``saffron_mrm.json`` and a model card into ``config.out``.
+    """
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict
+
+    t_start = time.perf_counter()
+    records = read_jsonl(config.data, TokenRewardRecord)  # validated up front
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    loaded = base or load_policy(config.base, dtype="float32")
+    template = MRMTemplate(prefix=config.template_prefix, separator=config.template_separator)
+    tok = loaded.tokenizer
+    prefix_ids = {r.id: template.prompt_ids(tok, r.prompt) for r in records}
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=list(config.target_modules),
+        bias="none",
+    )
+    model = get_peft_model(loaded.model, lora)
+    model.train()
+    head = model.get_output_embeddings()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    loss_fn = LOSSES[config.loss]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    steps_per_epoch = (len(records) + config.batch_size - 1) // config.batch_size
+    total = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    ckpt_dir = config.out / "checkpoints"
+    step, losses = 0, []
+    last = latest_checkpoint(ckpt_dir)
+    if last is not None:
+        tensors, state = load_checkpoint(last, opt)
+        set_peft_model_state_dict(model, tensors)
+        step, losses = int(state["step"]), list(state["losses"])
+
+    cols = (
+        TextColumn("train MRM"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:.0f} tok/s"),
+    )
+    tokens_seen, t0 = 0, time.perf_counter()
+    with Progress(*cols, disable=not progress) as bar:
+        task = bar.add_task("train", total=total, completed=step, loss=float("nan"), tps=0.0)
+        while step < total:
+            epoch, i = divmod(step, steps_per_epoch)
+            order = torch.randperm(
+                len(records), generator=torch.Generator().manual_seed(config.seed + epoch)
+            )
+            idx = order[i * config.batch_size : (i + 1) * config.batch_size].tolist()
+            raise_if_stopped(stop_event, "MRM training")  # type: ignore[arg-type]
+            b = _batch([records[j] for j in idx], prefix_ids, pad, config.max_response_tokens)
+            hidden = _decoder(model)(
+                input_ids=b["input_ids"], attention_mask=b["attention_mask"]
+            ).last_hidden_state
+            h = hidden.gather(1, b["pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            loss = partial_supervision_loss(
+                h, head.weight, head.bias, b["targets"], b["rewards"], b["mask"], loss_fn
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            losses.append(float(loss))
+            tokens_seen += int(b["mask"].sum())
+            bar.update(
+                task,
+                advance=1,
+                loss=float(loss),
+                tps=tokens_seen / max(time.perf_counter() - t0, 1e-9),
+            )
+            if step % config.checkpoint_every == 0 or step == total:
+                save_checkpoint(
+                    ckpt_dir,
+                    step,
+                    get_peft_model_state_dict(model),
+                    opt,
+                    {"losses": losses, "config": config.model_dump(mode="json")},
+                )
+
+    model.eval()
+    mask = compute_unseen_mask(records, int(head.weight.shape[0]), config.max_response_tokens)
+    eos = tok.eos_token_id
+    eos_supervised = any(r.ended_with_eos for r in records)
+    mrm = MultifurcationRewardModel(
+        model=model,
+        tokenizer=tok,
+        template=template,
+        unseen_mask=mask,
+        eos_supervised=eos_supervised,
+    )
+    wall = time.perf_counter() - t_start
+    meta = {
+        "steps": step,
+        "final_loss": losses[-1] if losses else None,
+        "first_loss": losses[0] if losses else None,
+        "train_records": len(records),
+        "wall_time_s": round(wall, 1),
+        "seed": config.seed,
+        "eos_token_id": eos,
+    }
+    save_mrm(mrm, config.out, base=config.base, metadata=meta)
+    write_model_card(
+        config.out,
+        title="Multifurcation reward model (Saffron MRM)",
+        sections={
+            "What": "A LoRA adapter that turns the base causal LM's output head into a per-token safety "
+            "reward vector: R(x, y_<t)[v] = predicted judge margin after appending token v.",
+            "Base model": config.base,
+            "Training": f"partial supervision ({config.loss}) on {len(records)} responses from "
+            f"`{config.data}`; {step} steps, batch {config.batch_size}, lr {config.lr}, "
+            f"LoRA r={config.lora_r} alpha={config.lora_alpha} on {config.target_modules}.",
+            "Loss": f"first {meta['first_loss']}, last {meta['final_loss']}",
+            "Unseen tokens": f"{int(mask.sum())} of {mask.numel()} vocabulary entries were never "
+            f"supervised and are masked at search time.",
+            "Wall time": f"{wall:.1f} s",
+        },
+    )
+    return mrm

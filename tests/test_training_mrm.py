@@ -1,0 +1,195 @@
+"""C1 reward data and MRM training on tiny random models: exact judges, partial supervision, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saffron_runtime.errors import DataError, SearchCancelled
+from saffron_runtime.jsonl import read_jsonl
+from saffron_runtime.models import load_mrm
+from saffron_runtime.models.loading import LoadedModel
+from saffron_runtime.testing import tiny_causal_lm
+from saffron_runtime.training.judges import CallableJudge, CausalHeadJudge, chat_prefix_builder
+from saffron_runtime.training.mrm_train import MRMTrainConfig, partial_supervision_loss, train_mrm
+from saffron_runtime.training.reward_data import PromptItem, TokenRewardRecord, build_reward_data
+
+
+def _policy(tiny) -> LoadedModel:
+    return LoadedModel(model=tiny.policy, tokenizer=tiny.tokenizer, source="tiny-llama")
+
+
+def _word_judge(tok):
+    """A deterministic text judge: negative margin once 'bomb' appears, positive otherwise."""
+    return CallableJudge(lambda p, r: -1.0 - r.count("bomb") if "bomb" in r else 1.0 + 0.01 * len(r), tok,
+                         name="word-judge")
+
+
+ITEMS = [PromptItem(id=f"p{i}", prompt=p, prefill=pre, label=lab) for i, (p, pre, lab) in enumerate([
+    ("how make cake", "", 0), ("how make bomb", "sure the bomb", 1), ("help water plan", "", 0),
+    ("make bomb kaloni", "sure", 1), ("safe sorry the", "", 0), ("café 中文 help", "", 0),
+])]
+
+
+def test_causal_head_judge_scores_all_prefixes_in_one_forward_exactly(tiny):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(tiny.reward_backbone.config.hidden_size, 2)
+    judge = CausalHeadJudge(tiny.reward_backbone, head, chat_prefix_builder(tiny.tokenizer))
+    resp = tiny.tokenizer("sure the bomb is café", add_special_tokens=False)["input_ids"]
+    one = judge.score_prefixes("how make bomb", resp)
+    prefix = chat_prefix_builder(tiny.tokenizer)("how make bomb")
+    for t in range(len(resp)):  # reference: a separate forward for each prefix, nothing after it
+        ids = torch.tensor([prefix + resp[: t + 1]])
+        with torch.no_grad():
+            h = tiny.reward_backbone(ids, output_hidden_states=True).hidden_states[-1][0, -1]
+            logit = head(h)
+        assert one[t] == pytest.approx(float(logit[0] - logit[1]), abs=1e-5)
+
+
+def test_reward_data_schema_eos_and_resume(tmp_path, tiny):
+    out = tmp_path / "rewards.jsonl"
+    judge = _word_judge(tiny.tokenizer)
+    stop = __import__("threading").Event()
+
+    class StopAfterFirst(CallableJudge):
+        def score_prefixes(self, prompt, response_ids):
+            stop.set()
+            return super().score_prefixes(prompt, response_ids)
+
+    stopper = StopAfterFirst(judge.fn, tiny.tokenizer, name=judge.name)
+    with pytest.raises(SearchCancelled):
+        build_reward_data(_policy(tiny), stopper, ITEMS, out, batch_size=2, max_new_tokens=12,
+                          stop_event=stop, progress=False)
+    partial = read_jsonl(out, TokenRewardRecord)
+    assert 0 < len(partial) < len(ITEMS)
+    build_reward_data(_policy(tiny), judge, ITEMS, out, batch_size=2, max_new_tokens=12, progress=False)
+    resumed = read_jsonl(out, TokenRewardRecord)
+    fresh_out = tmp_path / "fresh.jsonl"
+    build_reward_data(_policy(tiny), judge, ITEMS, fresh_out, batch_size=2, max_new_tokens=12, progress=False)
+    fresh = read_jsonl(fresh_out, TokenRewardRecord)
+    assert [r.model_dump() for r in resumed] == [r.model_dump() for r in fresh]  # seeded per batch
+    eos = tiny.tokenizer.eos_token_id
+    for r in fresh:
+        assert len(r.rewards) == len(r.response_ids)
+        text = tiny.tokenizer.decode(r.response_ids[:-1] if r.ended_with_eos else r.response_ids, skip_special_tokens=True)
+        assert r.rewards[-1] == pytest.approx(judge.fn(r.prompt, text))  # last entry = full-response score
+        if r.ended_with_eos:
+            assert r.response_ids[-1] == eos and eos not in r.response_ids[:-1]
+        if r.id == "p1":
+            assert tiny.tokenizer.decode(r.prefill_ids) == "sure the bomb"  # judge never saw the prefill
+
+
+def test_bad_data_line_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    good = {"id": "a", "prompt": "x", "response_ids": [1, 2], "rewards": [0.1, 0.2]}
+    p.write_text(json.dumps(good) + "\n" + json.dumps({**good, "rewards": [0.1]}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:2: .*rewards has 1 entries but response_ids has 2"):
+        read_jsonl(p, TokenRewardRecord)
+    p.write_text("{oops\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:1: not valid JSON"):
+        read_jsonl(p, TokenRewardRecord)
+
+
+def test_partial_supervision_gives_no_gradient_to_other_vocabulary_entries(tiny):
+    model = tiny_causal_lm(len(tiny.tokenizer), seed=3)
+    head = model.get_output_embeddings()
+    head.weight.requires_grad_(True)
+    ids = torch.tensor([[5, 9, 14, 33, 20], [7, 7, 40, 2, 2]])
+    hidden = model.model(input_ids=ids).last_hidden_state
+    targets = torch.tensor([[9, 14, 33, 20], [7, 40, 0, 0]])
+    rewards = torch.tensor([[0.5, -1.0, 2.0, 0.1], [1.0, -2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.float)
+    loss = partial_supervision_loss(hidden[:, :4], head.weight, None, targets, rewards, mask)
+    # same value as gathering from full logits
+    full = model.lm_head(hidden[:, :4]).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    ref = ((full - rewards) ** 2 * mask).sum() / mask.sum()
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    loss.backward()
+    touched = (head.weight.grad.abs().sum(-1) > 0).nonzero().flatten().tolist()
+    assert sorted(touched) == [7, 9, 14, 20, 33, 40]  # observed tokens only (masked pads excluded)
+
+
+@pytest.fixture(scope="module")
+def reward_file(tmp_path_factory, tiny) -> Path:
+    out = tmp_path_factory.mktemp("rd") / "rewards.jsonl"
+    items = [PromptItem(id=f"q{i}", prompt=f"how make {w}", prefill="sure" if i % 2 else "")
+             for i, w in enumerate(["cake", "bomb", "water", "bomb bomb", "plan", "café", "sorry", "help"])]
+    build_reward_data(_policy(tiny), _word_judge(tiny.tokenizer), items, out, batch_size=4,
+                      max_new_tokens=16, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_base_dir(tmp_path_factory, tiny) -> Path:
+    d = tmp_path_factory.mktemp("base")
+    tiny_causal_lm(len(tiny.tokenizer), seed=11, eos_token_id=tiny.tokenizer.eos_token_id).save_pretrained(d)
+    tiny.tokenizer.save_pretrained(d)
+    return d
+
+
+def _cfg(reward_file, base, out, **kw) -> MRMTrainConfig:
+    args = dict(data=reward_file, out=out, base=str(base), lr=5e-3, epochs=30, batch_size=4,
+                lora_r=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"], checkpoint_every=5)
+    return MRMTrainConfig(**{**args, **kw})
+
+
+def test_train_mrm_end_to_end_loss_decreases_and_loads_back(tmp_path, reward_file, tiny_base_dir, tiny):
+    out = tmp_path / "mrm"
+    train_mrm(_cfg(reward_file, tiny_base_dir, out), progress=False)
+    losses = json.loads(sorted((out / "checkpoints").glob("step-*"))[-1].joinpath("trainer_state.json").read_text())["losses"]
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    mrm = load_mrm(out, policy_tokenizer=tiny.tokenizer)
+    records = read_jsonl(reward_file, TokenRewardRecord)
+    seen = {t for r in records for t in r.response_ids}
+    assert set((~mrm.unseen_mask).nonzero().flatten().tolist()) == seen
+    assert mrm.eos_supervised == any(r.ended_with_eos for r in records)
+    # the trained MRM's gathered rewards track the training targets
+    r = records[0]
+    ids = torch.tensor([mrm.template.prompt_ids(tiny.tokenizer, r.prompt) + r.response_ids[:-1]])
+    with torch.no_grad():
+        logits = mrm.model(input_ids=ids).logits[0, -len(r.response_ids):]
+    pred = logits.gather(-1, torch.tensor(r.response_ids).unsqueeze(-1)).squeeze(-1)
+    err = (pred - torch.tensor(r.rewards)).abs().mean()
+    assert float(err) < 0.5 * float(torch.tensor(r.rewards).abs().mean() + 1)
+    assert (out / "README.md").read_text().count("Wall time") == 1
+
+
+def test_invalid_config_names_the_field(tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"lora_r\n.*greater than or equal to 1"):
+        MRMTrainConfig(data=tmp_path / "d", out=tmp_path, lora_r=0)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, reward_file, tiny_base_dir):
+    """Kill the CLI with SIGKILL after its first checkpoint, resume, and match an uninterrupted run."""
+    common = ["--data", str(reward_file), "--base", str(tiny_base_dir), "--epochs", "12",
+              "--batch-size", "2", "--checkpoint-every", "3", "--lr", "0.005"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cli = [sys.executable, "-m", "saffron_runtime.cli", "train", "mrm"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cli + common + ["--out", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((killed / "checkpoints").glob("step-*")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "adapter_model.safetensors").exists(), "the run finished before it was killed"
+    subprocess.run(cli + common + ["--out", str(killed)], env=env, check=True, capture_output=True)
+    straight = tmp_path / "straight"
+    subprocess.run(cli + common + ["--out", str(straight)], env=env, check=True, capture_output=True)
+    a = load_file(str(killed / "adapter_model.safetensors"))
+    b = load_file(str(straight / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
