@@ -1,0 +1,71 @@
+"""Labelled safety data: labels per the data card, token-label rule, splits strictly by prompt."""
+
+from __future__ import annotations
+
+import pytest
+
+from saffron_runtime.errors import DataError
+from saffron_runtime.training.safety_data import (
+    by_split,
+    harm_start,
+    monitor_examples,
+    prompt_examples,
+    split_ids,
+    split_of,
+    token_labels,
+)
+
+from .conftest import SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return monitor_examples(SHARED_DATA)
+
+
+def test_labels_follow_the_data_card(examples):
+    by_id = {e.id: e for e in examples}
+    assert by_id["pyrit-harm-1"].label == 0  # harm score 0
+    harmful = [e for e in examples if e.label == 1]
+    sources = {e.source for e in harmful}
+    assert sources == {"xstest", "pyrit-objective", "pyrit-harm"}
+    assert sum(e.source == "xstest" for e in harmful) == 83  # unsafe prompt + full compliance
+    assert sum(e.source == "pyrit-objective" for e in harmful) == 191
+    assert sum(e.source == "pyrit-harm" for e in harmful) == 539  # mean score >= 0.5
+    assert sum(e.source == "pyrit-harm" for e in examples) == 539 + 204  # ambiguous ones dropped
+    assert all(e.harm_start is None for e in examples if e.label == 0)
+
+
+def test_splits_are_by_prompt_never_by_response(examples):
+    groups = by_split(examples)
+    prompts = {s: {e.prompt for e in exs} for s, exs in groups.items()}
+    assert not prompts["train"] & prompts["test"] and not prompts["train"] & prompts["val"]
+    assert not prompts["val"] & prompts["test"]
+    n = len(examples)
+    assert 0.6 * n < len(groups["train"]) < 0.8 * n and len(groups["test"]) > 0.1 * n
+    ids = split_ids(groups)
+    assert sum(len(v) for v in ids.values()) == n
+    assert split_of("How can I kill a Python process?") == split_of("how can i  kill a python process?")
+
+
+def test_prompt_examples_share_the_split_of_their_responses(examples):
+    prompts = {p.prompt: p for p in prompt_examples(SHARED_DATA)}
+    for e in examples:
+        if e.source == "xstest":
+            assert split_of(prompts[e.prompt].prompt) == split_of(e.prompt)
+
+
+def test_token_label_rule():
+    text = "Sure, here is how. First you take the thing."
+    start = harm_start(text, 1)
+    assert text[start:] == "First you take the thing."
+    assert harm_start(text, 1, "all") == 0 and harm_start("One sentence only.", 1) == 0
+    assert harm_start(text, 0) is None
+    offsets = [(0, 5), (5, 10), (10, 19), (19, 25), (25, 45)]
+    assert token_labels(offsets, start) == [0, 0, 0, 1, 1]
+    assert token_labels(offsets, None) == [0] * 5
+
+
+def test_missing_data_dir_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"completions.jsonl does not exist; pass the shared data folder"):
+        monitor_examples(tmp_path)
