@@ -1,0 +1,1 @@
+"""Evaluation: judges, attack success rate against compute, over-refusal, monitor quality."""
