@@ -1,0 +1,46 @@
+"""The wheel: bundled files go in, the Saffron-1 fixture (Llama licence) never does, and the
+installed wheel loads its bundled data from site-packages, not from the source tree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+                   check=True, capture_output=True)
+    (whl,) = out.glob("langchain_saffron-*.whl")
+    return whl
+
+
+def test_wheel_contents(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "saffron_runtime/bundled/gcg_refusal_strings.json" in names
+    assert "saffron_runtime/py.typed" in names and "langchain_saffron/py.typed" in names
+    assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "examples/"))]
+    fixture_files = {p.name for p in (ROOT.parent / "shared" / "fixtures" / "saffron-1-1b").iterdir()}
+    leaked = [n for n in names if Path(n).name in fixture_files - {"README.md"} or "saffron-1" in n.lower()]
+    assert not leaked, f"the Saffron-1 fixture must never ship: {leaked}"
+    mb = sum(i.file_size for i in zipfile.ZipFile(wheel).infolist()) / 2**20
+    assert mb <= 30, f"the shipped files total {mb:.1f} MB (limit 30 MB)"
+
+
+def test_installed_wheel_reads_bundled_files_from_site_packages(wheel, tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    code = ("import saffron_runtime, saffron_runtime.evaluation.refusal as r; "
+            "print(saffron_runtime.__file__); print(len(r.refusal_strings('transfer')))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target)},
+                         check=True, capture_output=True, text=True)
+    where, n = res.stdout.split()
+    assert where.startswith(str(target)) and n == "29"
