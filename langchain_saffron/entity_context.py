@@ -1,0 +1,55 @@
+"""Per-call target entities for search agents: copy them from ``runtime.context`` into the model's
+settings, so they reach ``_generate``/``_stream`` as keyword arguments (E-GRPO rollouts, E2)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
+
+
+def context_value(context: Any, key: str) -> Any:
+    """Read ``key`` from a runtime context that is a dict, a dataclass/pydantic object, or None."""
+    if context is None:
+        return None
+    if isinstance(context, dict):
+        return context.get(key)
+    return getattr(context, key, None)
+
+
+class EntityContextMiddleware(AgentMiddleware):
+    """Copies ``runtime.context[context_key]`` into ``model_settings[setting]`` on every model call.
+
+    Example: ``create_agent(model, tools, middleware=[EntityContextMiddleware()], context_schema=Ctx)``
+    then ``agent.invoke(inputs, context={"target_entities": ["Leonardo", "Titanic"]})``.
+    """
+
+    def __init__(
+        self, context_key: str = "target_entities", setting: str = "target_entities"
+    ) -> None:
+        super().__init__()
+        self.context_key = context_key
+        self.setting = setting
+
+    def _with_entities(self, request: ModelRequest) -> ModelRequest:
+        value = context_value(getattr(request.runtime, "context", None), self.context_key)
+        if value is None:
+            return request
+        if isinstance(value, str):
+            value = [value]
+        return request.override(
+            model_settings={**request.model_settings, self.setting: list(value)}
+        )
+
+    def wrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
+    ) -> ModelResponse:
+        """Add the entities, then call the model."""
+        return handler(self._with_entities(request))
+
+    async def awrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
+    ) -> ModelResponse:
+        """Async twin of :meth:`wrap_model_call`."""
+        return await handler(self._with_entities(request))
