@@ -43,7 +43,7 @@ def test_trie_logits_equal_uncached_forward(model, prompt, steps, budget, second
         frontier = [(out.nodes[0], prompt)]
         for children in steps:
             parents, toks, seqs = [], [], []
-            for (node, seq), kids in zip(frontier, children):
+            for (node, seq), kids in zip(frontier, children, strict=False):
                 for t in kids:
                     parents.append(node)
                     toks.append(t)
@@ -54,7 +54,7 @@ def test_trie_logits_equal_uncached_forward(model, prompt, steps, budget, second
             session.set_live(so.nodes)  # only the frontier stays referenced: the rest may be evicted
             for i, s in enumerate(seqs):
                 torch.testing.assert_close(so.logits[i], reference(model, s), atol=1e-4, rtol=0)
-            frontier = list(zip(so.nodes, seqs))
+            frontier = list(zip(so.nodes, seqs, strict=True))
         if budget is not None:  # within budget, except for what the live frontier's paths need
             keep = set()
             for node, _ in frontier:

@@ -359,6 +359,10 @@ class TrieKVCache:
     # ------------------------------------------------------------------ memory
     def _after_write(self) -> None:
         self.stats.peak_bytes = max(self.stats.peak_bytes, self.current_bytes)
+        self.enforce_budget()
+
+    def enforce_budget(self) -> None:
+        """Evict down to the byte budget (called after writes and when references are released)."""
         if self.max_bytes is not None and self.current_bytes > self.max_bytes:
             self.evict(self.max_bytes)
 
@@ -424,6 +428,7 @@ class TrieSession:
             self.pin(nodes)
             for n in old:
                 n.refs -= 1
+            self.cache.enforce_budget()
 
     def close(self) -> None:
         """Release every reference."""
