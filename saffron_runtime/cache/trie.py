@@ -177,7 +177,9 @@ class TrieKVCache:
         layers = [pool.gather(layer, index) for layer in range(pool.n_layers)] if width else []
         cache = DynamicCache(config=self.model.config)
         for layer, (k, v) in enumerate(layers):
-            cache.update(k, v, layer)
+            lay = cache.layers[layer]
+            lay.lazy_initialization(k, v)
+            lay.keys, lay.values = k, v  # adopt the gathered tensors: no second copy
         copied = len(paths) * width * pool.bytes_per_token
         return cache, mask, copied
 
