@@ -17,6 +17,11 @@ def decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
+def final_text(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    """The text of a finished response: ``decode(ids)`` without an incomplete trailing character."""
+    return decode(tokenizer, ids).rstrip(REPLACEMENT)
+
+
 class IncrementalDecoder:
     """Feed committed token ids; get text deltas whose concatenation is ``decode(all ids)``."""
 
@@ -37,8 +42,8 @@ class IncrementalDecoder:
         return delta
 
     def finish(self) -> str:
-        """Flush whatever remains (including a genuinely undecodable tail)."""
-        text = decode(self.tokenizer, self.ids)
+        """Flush what remains; an incomplete character at the very end (cut by a token limit) is dropped."""
+        text = final_text(self.tokenizer, self.ids)
         delta = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
         self.emitted = text
         return delta

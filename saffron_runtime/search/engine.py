@@ -25,7 +25,7 @@ from saffron_runtime.models.loading import LoadedModel
 from saffron_runtime.models.mrm import MultifurcationRewardModel
 from saffron_runtime.models.vocab import check_vocab_compatible
 from saffron_runtime.search.config import SearchConfig
-from saffron_runtime.search.decode import IncrementalDecoder, decode
+from saffron_runtime.search.decode import IncrementalDecoder, decode, final_text
 from saffron_runtime.search.nucleus import nucleus
 from saffron_runtime.search.prm import ProcessRewardModel
 from saffron_runtime.search.result import Hypothesis, SearchResult, SearchStats
@@ -331,7 +331,7 @@ class SearchEngine:
         return False
 
     def _final_text(self, run: _Run, ids: list[int]) -> str:
-        text = decode(self.policy.tokenizer, ids)
+        text = final_text(self.policy.tokenizer, ids)
         for s in run.config.stop:
             i = text.find(s)
             if i >= 0:

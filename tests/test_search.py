@@ -1,0 +1,224 @@
+"""A3 search on tiny random models: configs, per-node reward accounting, the default and faithful
+finished-beam rules, streaming commits (multi-byte text, max_commit_lag), stop event, baselines."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from saffron_runtime.constraints import Grammar
+from saffron_runtime.errors import ConfigError, PromptError
+from saffron_runtime.models import LoadedModel, MRMTemplate, MultifurcationRewardModel
+from saffron_runtime.search import ProcessRewardModel, SearchConfig, SearchEngine
+from saffron_runtime.search.decode import decode
+from saffron_runtime.testing import build_tiny_models
+from saffron_runtime.training.judges import chat_prefix_builder
+
+PROMPT = "how make cake"
+
+
+@pytest.fixture(scope="module")
+def models():
+    return build_tiny_models("llama", seed=2)
+
+
+def make_engine(models, *, eos_bias: float | None = None, unseen_every: int = 5, eos_unseen: bool = False,
+                eos_supervised: bool = True) -> SearchEngine:
+    tok = models.tokenizer
+    policy_model = models.policy
+    if eos_bias is not None:  # a real model whose head favours EOS, so beams finish
+        from saffron_runtime.testing import tiny_causal_lm
+
+        policy_model = tiny_causal_lm(len(tok), seed=2, eos_token_id=tok.eos_token_id)
+        head = torch.nn.Linear(64, len(tok), bias=True)
+        with torch.no_grad():
+            head.weight.copy_(policy_model.lm_head.weight)
+            head.bias.zero_()
+            head.bias[tok.eos_token_id] = eos_bias
+        policy_model.lm_head = head
+    mask = torch.zeros(len(tok), dtype=torch.bool)
+    mask[::unseen_every] = True
+    mask[tok.eos_token_id] = eos_unseen
+    mrm = MultifurcationRewardModel(models.reward_backbone, tok, MRMTemplate(prefix="<|im_start|>", separator="\n"),
+                                    unseen_mask=mask, eos_supervised=eos_supervised)
+    torch.manual_seed(0)
+    prm = ProcessRewardModel(models.reward_backbone, torch.nn.Linear(64, 2), chat_prefix_builder(tok))
+    return SearchEngine(LoadedModel(policy_model, tok, "tiny"), mrm, prm)
+
+
+def run(engine: SearchEngine, **cfg):
+    ids = engine.chat_prompt_ids(PROMPT)
+    stream = engine.stream(ids, SearchConfig(**cfg), prompt_text=PROMPT)
+    chunks = list(stream)
+    return stream.result, chunks
+
+
+@pytest.mark.parametrize(("field", "value", "msg"), [
+    ("budget", 0, "SearchConfig.budget=0: must be >= 1"),
+    ("top_p", 0.0, "SearchConfig.top_p=0.0: must be > 0.0"),
+    ("top_p", 1.5, "SearchConfig.top_p=1.5: must be <= 1.0"),
+    ("max_new_tokens", 0, "SearchConfig.max_new_tokens=0: must be >= 1"),
+    ("temperature", -1.0, "SearchConfig.temperature=-1.0: must be >= 0.0"),
+    ("max_commit_lag", 0, "SearchConfig.max_commit_lag=0: must be >= 1"),
+    ("method", "mcts", "SearchConfig.method='mcts': Input should be 'saffron', 'best_of_n', 'prm_beam' or 'greedy'"),
+])
+def test_invalid_config_names_field_and_range(field, value, msg):
+    with pytest.raises(ConfigError) as e:
+        SearchConfig(**{field: value})
+    assert msg in str(e.value)
+    with pytest.raises(ConfigError, match="bugdet"):
+        SearchConfig(bugdet=3)
+
+
+def test_one_reward_forward_per_saffron_node_and_k_per_prm_node(models):
+    eng = make_engine(models)
+    r, _ = run(eng, method="saffron", budget=3, max_new_tokens=10)
+    assert r.stats.expanded_nodes > 10 and r.stats.reward_forwards == r.stats.expanded_nodes
+    for k in (2, 5):
+        r, _ = run(eng, method="prm_beam", budget=3, prm_children=k, max_new_tokens=10)
+        assert r.stats.reward_forwards == k * r.stats.expanded_nodes
+    assert r.stats.flops_policy > 0 and r.stats.flops_reward > 0 and r.stats.wall_s > 0
+
+
+def test_saffron_keeps_global_top_budget_by_reward_and_masks_unseen(models):
+    eng = make_engine(models, unseen_every=2)
+    r, _ = run(eng, method="saffron", budget=4, max_new_tokens=6)
+    mask = eng.mrm.unseen_mask
+    assert not any(bool(mask[t]) for t in r.token_ids if t != eng.policy.tokenizer.eos_token_id)
+
+
+def test_default_rule_returns_best_finished_hypothesis(models):
+    eng = make_engine(models, eos_bias=6.0, eos_unseen=True, eos_supervised=False)
+    r, _ = run(eng, method="saffron", budget=4, max_new_tokens=12, min_new_tokens=2)
+    assert r.finished and r.pool and all(h.finished for h in r.pool)
+    assert r.score == max(h.score for h in r.pool) and r.score > -1024  # last token's reward stands for EOS
+    assert len(r.pool) <= 4
+
+
+def test_faithful_quirks_eos_unseen_ties_and_first_finished(models):
+    eng = make_engine(models, eos_bias=12.0, eos_unseen=True, eos_supervised=False)
+    r, _ = run(eng, method="saffron", budget=4, max_new_tokens=12, min_new_tokens=2, faithful=True)
+    finished = [h for h in r.pool if h.finished]
+    assert len(finished) >= 2
+    assert all(h.score == -1024.0 for h in finished)  # EOS stays unseen: every finished beam ties
+    assert r.token_ids == finished[0].token_ids and r.score == -1024.0  # the first finished beam, not the best
+    default, _ = run(eng, method="saffron", budget=4, max_new_tokens=12, min_new_tokens=2)
+    assert default.score > -1024.0
+
+
+def test_eos_banned_for_min_new_tokens(models):
+    eng = make_engine(models, eos_bias=50.0)
+    r, _ = run(eng, method="greedy", max_new_tokens=10, min_new_tokens=4)
+    assert len(r.token_ids) == 5 and r.token_ids[-1] == eng.policy.tokenizer.eos_token_id
+
+
+def _multibyte_grammar(tok):
+    # ß, ø, ж, ё are not in the tokenizer's training text: each is two byte-tokens, so they always span tokens
+    return Grammar(tok, "regex", "ßø( (жё|ßø|café|中文))*")
+
+
+@pytest.mark.parametrize("method", ["saffron", "prm_beam", "best_of_n", "greedy"])
+@pytest.mark.parametrize("lag", [None, 2])
+def test_stream_concatenation_equals_decode_with_multibyte_text(models, method, lag):
+    eng = make_engine(models)
+    tok = eng.policy.tokenizer
+    ids = eng.chat_prompt_ids(PROMPT)
+    cfg = SearchConfig(method=method, budget=3, max_new_tokens=14, num_samples=3, prm_children=3,
+                       max_commit_lag=lag)
+    stream = eng.stream(ids, cfg, prompt_text=PROMPT, constraint=_multibyte_grammar(tok))
+    chunks = list(stream)
+    r = stream.result
+    text = "".join(c.text for c in chunks)
+    assert text == decode(tok, r.token_ids).rstrip("\ufffd") == r.text  # a cut last character is dropped
+    assert "\ufffd" not in text and any(ord(ch) > 127 for ch in text)
+    assert [t for c in chunks for t in c.token_ids] == r.token_ids
+    assert any("\ufffd" in tok.decode([t]) for t in r.token_ids)  # some character spans two tokens
+    if lag is not None and method in ("saffron", "prm_beam"):
+        committed = 0
+        for c in chunks[:-1]:
+            committed += len(c.token_ids)
+            assert committed >= c.step - lag
+
+
+def test_stop_event_ends_the_search_within_one_step(models):
+    eng = make_engine(models)
+    ids = eng.chat_prompt_ids(PROMPT)
+    stop = threading.Event()
+    stream = eng.stream(ids, SearchConfig(method="saffron", budget=2, max_new_tokens=40, max_commit_lag=1),
+                        stop, prompt_text=PROMPT)
+    seen_step = None
+    for c in stream:
+        if c.step >= 3 and seen_step is None:
+            stop.set()
+            seen_step = c.step
+    r = stream.result
+    assert r.stats.stopped and r.stats.steps <= seen_step + 1
+    stop2 = threading.Event()
+    stop2.set()
+    assert eng.search(ids, SearchConfig(method="greedy"), stop2).stats.steps == 0
+
+
+def test_stop_strings_end_a_beam(models):
+    eng = make_engine(models)
+    tok = eng.policy.tokenizer
+    ids = eng.chat_prompt_ids(PROMPT)
+    r = eng.search(ids, SearchConfig(method="greedy", max_new_tokens=20, stop=["中"]),
+                   constraint=Grammar(tok, "regex", "café 中文 café"))
+    assert r.finished and r.text == "café "
+
+
+def test_temperature_zero_does_not_make_saffron_greedy(models):
+    eng = make_engine(models)
+    ids = eng.chat_prompt_ids(PROMPT)
+    a = eng.search(ids, SearchConfig(method="saffron", temperature=0.0, max_new_tokens=8), prompt_text=PROMPT)
+    b = eng.search(ids, SearchConfig(method="saffron", temperature=1.0, max_new_tokens=8), prompt_text=PROMPT)
+    g = eng.search(ids, SearchConfig(method="greedy", max_new_tokens=8))
+    assert a.token_ids == b.token_ids and a.token_ids != g.token_ids
+
+
+def test_best_of_n_counts_scorer_compute_and_ranks_by_it(models):
+    eng = make_engine(models)
+    ids = eng.chat_prompt_ids(PROMPT)
+
+    def scorer(prompt: str, response_ids: list[int]) -> float:
+        return -float(len(response_ids)) + 0.001 * sum(response_ids)
+
+    r = eng.search(ids, SearchConfig(method="best_of_n", num_samples=5, max_new_tokens=6, temperature=1.0),
+                   prompt_text=PROMPT, scorer=scorer)
+    assert r.score == max(h.score for h in r.pool) and len(r.pool) == 5
+    assert r.stats.reward_forwards == sum(len(h.token_ids) for h in r.pool)
+    m = eng.search(ids, SearchConfig(method="best_of_n", num_samples=5, max_new_tokens=6), prompt_text=PROMPT)
+    assert m.stats.flops_reward > 0 and m.stats.reward_forwards == sum(len(h.token_ids) for h in m.pool)
+
+
+def test_clear_errors(models):
+    eng = make_engine(models)
+    with pytest.raises(PromptError, match="the prompt is empty"):
+        eng.search([], SearchConfig())
+    with pytest.raises(ConfigError, match="needs prompt_text"):
+        eng.search([1, 2], SearchConfig(method="saffron"))
+    with pytest.raises(PromptError, match="more than the policy's context of 1024"):
+        eng.search([1] * 1000, SearchConfig(max_new_tokens=50), prompt_text="x")
+    bare = SearchEngine(eng.policy)
+    with pytest.raises(ConfigError, match="needs a multifurcation reward model"):
+        bare.search([1, 2], SearchConfig(method="saffron"), prompt_text="x")
+
+
+def test_concurrent_searches_on_one_engine_match_serial(models):
+    eng = make_engine(models)
+    prompts = ["how make cake", "help water plan", "sorry the safe", "café help"]
+    cfg = SearchConfig(method="saffron", budget=3, max_new_tokens=8)
+    serial = {p: eng.search(eng.chat_prompt_ids(p), cfg, prompt_text=p).token_ids for p in prompts}
+    out: dict[str, list[int]] = {}
+
+    def work(p: str) -> None:
+        out[p] = eng.search(eng.chat_prompt_ids(p), cfg, prompt_text=p).token_ids
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in prompts * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == serial
