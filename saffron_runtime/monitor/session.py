@@ -1,0 +1,208 @@
+"""One monitored stream: incremental scoring with its own KV cache, stable re-tokenisation of text,
+the decision rule, and a hold-back buffer that releases only text the monitor has cleared.
+
+Text path: received text is re-tokenised from the last committed token boundary; a token is
+committed only when it lies in a pre-tokenizer piece that later text can no longer change (every
+piece but the last two), because byte-level BPE never merges across pieces. So any chunking of a
+text gives the same tokens (and scores) as feeding it whole. Bytes chunks are decoded incrementally,
+so a split inside a multi-byte character is fine. ``finish()`` flushes the tail.
+"""
+
+from __future__ import annotations
+
+import codecs
+import threading
+from typing import Protocol
+
+import torch
+from transformers import DynamicCache
+
+from saffron_runtime.errors import Verdict
+from saffron_runtime.monitor.model import SCMMonitorModel
+from saffron_runtime.monitor.rules import MonitorRule, RuleState
+
+_HOLD_PIECES = 2
+
+
+class MonitorSession(Protocol):
+    """What every monitor adapter's per-stream session offers."""
+
+    verdict: Verdict | None
+
+    def feed_text(self, text: str | bytes) -> Verdict | None:
+        """Add produced text; return a verdict if the rule fired."""
+        ...
+
+    def finish(self) -> Verdict | None:
+        """The stream ended: score what is left; return a verdict if the rule fired."""
+        ...
+
+    def release(self) -> str:
+        """Text cleared since the last call (safe to show)."""
+        ...
+
+
+class SCMSession:
+    """A stream watched by an :class:`SCMMonitorModel` (one single- or few-token forward per commit)."""
+
+    def __init__(
+        self,
+        model: SCMMonitorModel,
+        prompt: str,
+        *,
+        rule: MonitorRule | None = None,
+        hold_back: int | None = None,
+        lock: threading.Lock | None = None,
+    ) -> None:
+        self.model = model
+        self.rule = rule or model.rule
+        self.hold_back = model.hold_back if hold_back is None else hold_back
+        self.state = RuleState(self.rule)
+        self.verdict: Verdict | None = None
+        self.token_scores: list[float] = []
+        self.response_scores: list[float] = []
+        self._lock = lock
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._text = ""  # all response text received
+        self._ids: list[int] = []  # committed response token ids
+        self._ends: list[int] = []  # char offset where each committed token's text ends
+        self._committed_chars = 0
+        self._released_chars = 0
+        self._cache = DynamicCache(config=model.backbone.config)
+        self._pos = 0
+        self._run(model.prefix_ids(prompt), score=False)
+
+    # -------------------------------------------------------------- model
+    def _run(self, ids: list[int], *, score: bool = True) -> tuple[list[float], list[float]]:
+        if not ids:
+            return [], []
+        t = torch.tensor([ids], device=self.model.device)
+        pos = torch.arange(self._pos, self._pos + len(ids), device=self.model.device).unsqueeze(0)
+        with torch.no_grad():
+            if self._lock is not None:
+                with self._lock:
+                    hidden, self._cache = self.model.hidden_states(
+                        t, past_key_values=self._cache, position_ids=pos
+                    )
+            else:
+                hidden, self._cache = self.model.hidden_states(
+                    t, past_key_values=self._cache, position_ids=pos
+                )
+        self._pos += len(ids)
+        if not score:
+            return [], []
+        tok, resp = self.model.head_scores(hidden[0])
+        return tok.tolist(), resp.tolist()
+
+    def rollback(self, n: int) -> None:
+        """Forget the last ``n`` committed tokens (``crop(-n)``), e.g. when a producer retracts text."""
+        if n <= 0:
+            return
+        self._cache.crop(-n)
+        self._pos -= n
+        del self._ids[-n:], self._ends[-n:], self.token_scores[-n:], self.response_scores[-n:]
+        self._committed_chars = self._ends[-1] if self._ends else 0
+
+    # -------------------------------------------------------------- feeding
+    def feed_ids(self, ids: list[int], texts: list[str] | None = None) -> Verdict | None:
+        """Feed tokens of the monitor's own tokenizer (a producer sharing it skips re-tokenisation)."""
+        if self.verdict is not None or not ids:
+            return self.verdict
+        if texts is None:
+            texts = [self.model.tokenizer.decode([i]) for i in ids]
+        start = len(self._ids)
+        tok_s, resp_s = self._run(list(ids))
+        for i, (tid, piece, ts, rs) in enumerate(zip(ids, texts, tok_s, resp_s, strict=True)):
+            begin = self._committed_chars
+            self._committed_chars += len(piece)
+            if len(self._text) < self._committed_chars:
+                self._text += piece
+            self._ids.append(int(tid))
+            self._ends.append(self._committed_chars)
+            self.token_scores.append(ts)
+            self.response_scores.append(rs)
+            fired, s = self.state.update(ts, rs)
+            if fired:
+                self.verdict = Verdict(
+                    unsafe=True,
+                    rule=self.rule.name,
+                    score=float(s),
+                    position=start + i,
+                    span=(begin, self._committed_chars),
+                    text=piece,
+                    reason=f"{self.rule.name} rule fired (theta={self.rule.theta}, k={self.rule.k})",
+                )
+                # tokens after the firing one in this chunk are dropped from the cache view
+                extra = len(ids) - i - 1
+                if extra:
+                    self._cache.crop(-extra)
+                    self._pos -= extra
+                return self.verdict
+        return None
+
+    def feed_text(self, text: str | bytes) -> Verdict | None:
+        """Feed produced text (str, or bytes that may split a UTF-8 character)."""
+        if self.verdict is not None:
+            return self.verdict
+        self._text += self._utf8.decode(text) if isinstance(text, bytes) else text
+        return self._commit(final=False)
+
+    def finish(self) -> Verdict | None:
+        """Flush the tail (and any incomplete bytes) and score it."""
+        if self.verdict is not None:
+            return self.verdict
+        self._text += self._utf8.decode(b"", final=True)
+        return self._commit(final=True)
+
+    def _commit(self, *, final: bool) -> Verdict | None:
+        tail = self._text[self._committed_chars :]
+        if not tail:
+            return None
+        pre = self.model.tokenizer.backend_tokenizer.pre_tokenizer
+        pieces = pre.pre_tokenize_str(tail) if pre is not None else [(tail, (0, len(tail)))]
+        if final:
+            cut = len(tail)
+        else:
+            keep = len(pieces) - _HOLD_PIECES
+            if keep <= 0:
+                return None
+            cut = pieces[keep - 1][1][1]
+        stable = tail[:cut]
+        if not stable:
+            return None
+        enc = self.model.tokenizer(stable, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        offsets = enc["offset_mapping"]
+        texts, prev = [], 0
+        for j, (_, end) in enumerate(offsets):
+            end = cut if j == len(offsets) - 1 else end
+            texts.append(stable[prev:end])
+            prev = end
+        return self.feed_ids(ids, texts)
+
+    # -------------------------------------------------------------- hold-back
+    def release(self) -> str:
+        """Cleared text: tokens scored clean, minus the last ``hold_back`` of them; never past a verdict."""
+        if self.verdict is not None:
+            limit = self.verdict.position - self.hold_back
+        else:
+            limit = len(self._ids) - self.hold_back
+        end = self._ends[limit - 1] if limit > 0 else 0
+        if end <= self._released_chars:
+            return ""
+        out = self._text[self._released_chars : end]
+        self._released_chars = end
+        return out
+
+    def release_all(self) -> str:
+        """After a clean finish: everything not yet released."""
+        if self.verdict is not None:
+            return self.release()
+        out = self._text[self._released_chars : self._committed_chars]
+        self._released_chars = self._committed_chars
+        return out
+
+    @property
+    def tokens_seen(self) -> int:
+        """Response tokens scored so far."""
+        return len(self._ids)
