@@ -18,7 +18,9 @@ ListName = Literal["individual", "transfer"]
 @lru_cache(maxsize=2)
 def refusal_strings(which: ListName = "individual") -> tuple[str, ...]:
     """The 13-string ('individual') or 29-string ('transfer') list of the GCG evaluation."""
-    data = json.loads(resources.files("saffron_runtime.bundled").joinpath("gcg_refusal_strings.json").read_text())
+    data = json.loads(
+        resources.files("saffron_runtime.bundled").joinpath("gcg_refusal_strings.json").read_text()
+    )
     if which not in ("individual", "transfer"):
         raise ValueError(f"which={which!r}: use 'individual' or 'transfer'")
     return tuple(data[which])

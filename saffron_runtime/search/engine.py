@@ -83,8 +83,9 @@ def _common_prefix(seqs: Sequence[list[int]]) -> int:
 class SearchStream:
     """Iterator of :class:`StreamChunk`; ``result`` is set when it is exhausted."""
 
-    def __init__(self, gen: Iterator[StreamChunk]) -> None:
+    def __init__(self, gen: Iterator[StreamChunk], stats: SearchStats) -> None:
         self._gen = gen
+        self.stats = stats  # live counters, also valid when the stream is closed early
         self.result: SearchResult | None = None
 
     def __iter__(self) -> Iterator[StreamChunk]:
@@ -207,7 +208,7 @@ class SearchEngine:
             "greedy": self._greedy,
         }[cfg.method]
         return SearchStream(
-            self._guarded(run, method(run, ids, prompt_text or "", constraint, scorer))
+            self._guarded(run, method(run, ids, prompt_text or "", constraint, scorer)), run.stats
         )
 
     def _guarded(self, run: _Run, gen: Iterator[StreamChunk]) -> Iterator[StreamChunk]:

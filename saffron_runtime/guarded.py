@@ -1,0 +1,114 @@
+"""Guarded generation: Saffron search streams committed text, the streaming monitor watches it, and
+only text the monitor has cleared leaves. When the monitor fires, the search is stopped at once (its
+generator is closed and the stop event set, so no further step runs).
+
+This is the loop ChatSaffron drives for ``invoke``, ``stream`` and ``astream`` alike.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from saffron_runtime.constraints import Grammar
+from saffron_runtime.errors import Verdict
+from saffron_runtime.monitor.adapters import StreamingMonitor
+from saffron_runtime.monitor.session import MonitorSession
+from saffron_runtime.search.config import SearchConfig
+from saffron_runtime.search.engine import SearchEngine
+from saffron_runtime.search.result import SearchResult, SearchStats
+
+
+@dataclass
+class GuardedOutcome:
+    """What a guarded run produced: the released text, the search result, and any verdict."""
+
+    released: str = ""
+    result: SearchResult | None = None
+    verdict: Verdict | None = None
+    committed_text: str = ""
+    steps_after_verdict: int = 0
+    verdicts: list[Verdict] = field(default_factory=list)
+    stats: SearchStats | None = None
+
+    @property
+    def blocked(self) -> bool:
+        """True when the monitor stopped the stream."""
+        return self.verdict is not None
+
+
+class GuardedGeneration:
+    """Iterate to get released text deltas; ``outcome`` holds the rest once the iteration ends."""
+
+    def __init__(
+        self,
+        engine: SearchEngine,
+        monitor: StreamingMonitor | None,
+        prompt_ids: Sequence[int],
+        config: SearchConfig,
+        *,
+        prompt_text: str,
+        stop_event: threading.Event | None = None,
+        constraint: Grammar | None = None,
+    ) -> None:
+        self.engine = engine
+        self.monitor = monitor
+        self.prompt_ids = list(prompt_ids)
+        self.config = config
+        self.prompt_text = prompt_text
+        self.stop_event = stop_event or threading.Event()
+        self.constraint = constraint
+        self.outcome = GuardedOutcome()
+
+    def __iter__(self) -> Iterator[str]:
+        needs_text = self.config.method in ("saffron", "prm_beam", "best_of_n")
+        stream = self.engine.stream(
+            self.prompt_ids,
+            self.config,
+            self.stop_event,
+            prompt_text=self.prompt_text if needs_text else None,
+            constraint=self.constraint,
+        )
+        session: MonitorSession | None = (
+            self.monitor.open(self.prompt_text) if self.monitor else None
+        )
+        out = self.outcome
+        out.stats = stream.stats
+        gen = iter(stream)
+        try:
+            for chunk in gen:
+                out.committed_text += chunk.text
+                if session is None:
+                    if chunk.text:
+                        out.released += chunk.text
+                        yield chunk.text
+                    continue
+                verdict = session.feed_text(chunk.text) if chunk.text else None
+                delta = session.release()
+                if delta:
+                    out.released += delta
+                    yield delta
+                if verdict is not None:
+                    self._block(verdict)
+                    return
+            if session is not None:
+                verdict = session.finish()
+                delta = session.release_all() if verdict is None else session.release()
+                if delta:
+                    out.released += delta
+                    yield delta
+                if verdict is not None:
+                    self._block(verdict)
+                    return
+        finally:
+            gen.close()  # ends the search now if it is still running
+            out.result = stream.result
+            if out.verdict is not None:
+                out.steps_after_verdict = stream.stats.steps - self._steps_at_verdict
+
+    def _block(self, verdict: Verdict) -> None:
+        self.stop_event.set()
+        self._steps_at_verdict = self.outcome.stats.steps if self.outcome.stats else 0
+        self.outcome.verdict = verdict
+        self.outcome.verdicts.append(verdict)
