@@ -8,7 +8,6 @@ import threading
 from typing import Any
 
 import pytest
-import torch
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import HumanMessage
 
