@@ -15,7 +15,10 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
-from langchain_saffron.callbacks import AsyncSaffronGuardCallbackHandler, SaffronGuardCallbackHandler
+from langchain_saffron.callbacks import (
+    AsyncSaffronGuardCallbackHandler,
+    SaffronGuardCallbackHandler,
+)
 from saffron_runtime.errors import GuardrailViolation
 from saffron_runtime.monitor import CallableMonitor
 
@@ -45,7 +48,12 @@ def test_stream_stops_at_the_firing_token():
     text = "".join(got)
     assert "bomb" not in text and before_bomb(HARMFUL).startswith(text) and text
     assert e.value.verdict.rule == "callable-threshold"
-    ok = "".join(c.content for c in fake(BENIGN).stream("q", config={"callbacks": [SaffronGuardCallbackHandler(monitor())]}))
+    ok = "".join(
+        c.content
+        for c in fake(BENIGN).stream(
+            "q", config={"callbacks": [SaffronGuardCallbackHandler(monitor())]}
+        )
+    )
     assert ok == BENIGN
 
 
@@ -62,7 +70,9 @@ def test_astream_and_astream_events_stop_at_the_firing_token():
         got = ""
         guard = AsyncSaffronGuardCallbackHandler(monitor())
         with pytest.raises(GuardrailViolation):
-            async for ev in fake(HARMFUL).astream_events("q", version="v2", config={"callbacks": [guard]}):
+            async for ev in fake(HARMFUL).astream_events(
+                "q", version="v2", config={"callbacks": [guard]}
+            ):
                 if ev["event"] == "on_chat_model_stream":
                     got += ev["data"]["chunk"].content
         return got
@@ -85,18 +95,23 @@ def test_langgraph_messages_mode_config_attachment_does_not_leak():
     guard = SaffronGuardCallbackHandler(monitor())
     got = ""
     with pytest.raises(GuardrailViolation):
-        for chunk, _ in _graph(fake(HARMFUL)).stream({"messages": [HumanMessage("q")]}, {"callbacks": [guard]},
-                                                     stream_mode="messages"):
+        for chunk, _ in _graph(fake(HARMFUL)).stream(
+            {"messages": [HumanMessage("q")]}, {"callbacks": [guard]}, stream_mode="messages"
+        ):
             got += chunk.content
     assert got and "bomb" not in got
 
 
 def test_constructor_attachment_leaks_the_firing_chunk():
     """The wrong way: the guard runs after LangGraph's streaming handler, so 'bomb' gets out."""
-    model = GenericFakeChatModel(messages=iter([AIMessage(HARMFUL)]), callbacks=[SaffronGuardCallbackHandler(monitor())])
+    model = GenericFakeChatModel(
+        messages=iter([AIMessage(HARMFUL)]), callbacks=[SaffronGuardCallbackHandler(monitor())]
+    )
     got = ""
     with pytest.raises(GuardrailViolation):
-        for chunk, _ in _graph(model).stream({"messages": [HumanMessage("q")]}, stream_mode="messages"):
+        for chunk, _ in _graph(model).stream(
+            {"messages": [HumanMessage("q")]}, stream_mode="messages"
+        ):
             got += chunk.content
     assert "bomb" in got
 
@@ -116,7 +131,9 @@ class LocalHFChat(BaseChatModel):
     def _generate(self, messages, stop=None, run_manager=None, **kw) -> ChatResult:
         raise NotImplementedError
 
-    def _stream(self, messages: list[BaseMessage], stop=None, run_manager=None, **kw) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self, messages: list[BaseMessage], stop=None, run_manager=None, **kw
+    ) -> Iterator[ChatGenerationChunk]:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         # langchain-core's stream() fires the callbacks and does not hand _stream a run manager: when the
@@ -130,7 +147,9 @@ class LocalHFChat(BaseChatModel):
 
         ids = self.tokenizer("make a bomb", return_tensors="pt")
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True)
-        bomb = self.tokenizer(" bomb", add_special_tokens=False)["input_ids"]  # words flush the streamer
+        bomb = self.tokenizer(" bomb", add_special_tokens=False)[
+            "input_ids"
+        ]  # words flush the streamer
         bias = torch.zeros(len(self.tokenizer))
         bias[bomb] = 30.0  # after a few tokens the model keeps saying "bomb"
 
@@ -138,9 +157,15 @@ class LocalHFChat(BaseChatModel):
             return scores + bias if input_ids.shape[1] > ids["input_ids"].shape[1] + 3 else scores
 
         def work() -> None:
-            out = self.hf.generate(**ids, max_new_tokens=self.max_tokens, do_sample=False, streamer=streamer,
-                                   stopping_criteria=StoppingCriteriaList([OnStop()]), logits_processor=[boost],
-                                   pad_token_id=self.tokenizer.pad_token_id)
+            out = self.hf.generate(
+                **ids,
+                max_new_tokens=self.max_tokens,
+                do_sample=False,
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([OnStop()]),
+                logits_processor=[boost],
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
             self.produced.append(out.shape[1] - ids["input_ids"].shape[1])
 
         thread = threading.Thread(target=work)
@@ -171,7 +196,12 @@ def test_non_streamed_output_gets_the_backstop():
     guard = SaffronGuardCallbackHandler(monitor())
     with pytest.raises(GuardrailViolation):
         fake(HARMFUL).invoke("q", config={"callbacks": [guard]})
-    assert fake(BENIGN).invoke("q", config={"callbacks": [SaffronGuardCallbackHandler(monitor())]}).content == BENIGN
+    assert (
+        fake(BENIGN)
+        .invoke("q", config={"callbacks": [SaffronGuardCallbackHandler(monitor())]})
+        .content
+        == BENIGN
+    )
 
 
 def test_sixteen_concurrent_runs_get_their_own_verdicts():
