@@ -61,6 +61,7 @@ CALL_KWARGS = frozenset(SEARCH_FIELDS) | {
     "ls_structured_output_format",
     "response_format",
     "target_entities",
+    "model",
 }
 
 
@@ -74,7 +75,9 @@ class ChatSaffron(BaseChatModel):
     ``response_metadata["saffron"]``.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, protected_namespaces=(), populate_by_name=True
+    )
 
     policy: Any = "smollm2"
     mrm: Any = None
@@ -93,7 +96,8 @@ class ChatSaffron(BaseChatModel):
     seed: int = 0
     on_violation: OnViolation = "raise"
     refusal_message: str = DEFAULT_REFUSAL
-    model_name: str = "saffron"
+    model_name: str = Field("saffron", alias="model")
+    stop: list[str] | None = Field(None, alias="stop_sequences")
 
     _engine: SearchEngine = PrivateAttr()
     _monitor: StreamingMonitor | None = PrivateAttr(default=None)
@@ -156,7 +160,7 @@ class ChatSaffron(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "saffron"
-        params["ls_model_name"] = self.model_name
+        params["ls_model_name"] = kwargs.get("model", self.model_name)
         params["ls_temperature"] = kwargs.get("temperature", self.temperature)
         params["ls_max_tokens"] = kwargs.get("max_new_tokens", self.max_new_tokens)
         return params
@@ -171,7 +175,7 @@ class ChatSaffron(BaseChatModel):
         values = {f: kwargs.get(f, getattr(self, f)) for f in SEARCH_FIELDS}
         if "max_tokens" in kwargs:
             values["max_new_tokens"] = kwargs["max_tokens"]
-        return SearchConfig(**values, stop=list(stop or []))
+        return SearchConfig(**values, stop=list(stop or self.stop or []))
 
     def _prompt(
         self, messages: list[BaseMessage], tools: Sequence[dict[str, Any]] | None
