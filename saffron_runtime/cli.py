@@ -169,6 +169,50 @@ def train_mrm_cmd(
     console.print(f"saved the MRM to {out}")
 
 
+@train_app.command("monitor")
+@one_line_errors
+def train_monitor_cmd(
+    data: Annotated[
+        Path, typer.Option(help="Labelled responses JSONL (prompt, response, label[, harm_start]).")
+    ],
+    out: Annotated[Path, typer.Option(help="Output monitor folder.")],
+    val: Annotated[
+        Path | None, typer.Option(help="Validation JSONL: the decision rule is chosen on it.")
+    ] = None,
+    prompt_data: Annotated[
+        Path | None, typer.Option(help="Labelled prompts JSONL for the prompt head.")
+    ] = None,
+    base: Annotated[str, typer.Option(help="Backbone: 'smollm2' or a folder.")] = "smollm2",
+    variant: Annotated[str, typer.Option(help="'heads' (frozen backbone) or 'lora'.")] = "heads",
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Responses per step.")] = 8,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train a streaming monitor with dual supervision; resumes from OUT/checkpoints.
+
+    Example: saffron train monitor --data train.jsonl --val val.jsonl --out runs/monitor --variant lora
+    """
+    from saffron_runtime.training.monitor_train import MonitorTrainConfig, train_monitor
+
+    cfg = MonitorTrainConfig(
+        data=data,
+        val=val,
+        prompt_data=prompt_data,
+        out=out,
+        base=base,
+        variant=variant,
+        lr=lr,
+        epochs=epochs,
+        batch_size=batch_size,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+    )
+    train_monitor(cfg)
+    console.print(f"saved the monitor to {out}")
+
+
 def _pydantic_one_line(e: Exception) -> str:
     """``field: message (got value)`` for the first validation error of a pydantic model."""
     err = e.errors()[0]  # type: ignore[attr-defined]

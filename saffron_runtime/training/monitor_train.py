@@ -1,0 +1,343 @@
+"""Monitor training with dual supervision (SCM): token head + response head (+ optional prompt head).
+
+Loss: ``w_tok * CE_token + w_resp * CE_response + w_logic * L_logic`` (0.6 / 0.4 / 1.0 by default),
+``L_logic = -log(1 - c_resp + c_resp * max_t c_tok_t)`` so that "the response is harmful" implies
+"some token is harmful". Variants: ``heads`` (a): the backbone is frozen and only the heads learn,
+on the exact chat-template token sequence the policy sees (when the backbone is the policy, the
+monitor needs no second forward); ``lora`` (b): LoRA on the backbone plus the heads. The decision
+rule (name, theta, k) is chosen on a validation split and saved with the model; never on test data.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from saffron_runtime.cancel import raise_if_stopped
+from saffron_runtime.config import Settings
+from saffron_runtime.jsonl import read_jsonl
+from saffron_runtime.models.loading import LoadedModel, load_policy
+from saffron_runtime.monitor.model import SCMMonitorModel, save_monitor
+from saffron_runtime.monitor.rules import MonitorRule, RuleState
+from saffron_runtime.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from saffron_runtime.training.model_card import write_model_card
+from saffron_runtime.training.safety_data import harm_start, token_labels
+
+
+class MonitorRecord(BaseModel):
+    """A labelled response; token labels come from ``token_labels`` or the ``harm_start`` char offset."""
+
+    id: str
+    prompt: str
+    response: str = Field(min_length=1)
+    label: int = Field(ge=0, le=1)
+    harm_start: int | None = None
+    token_labels: list[int] | None = None
+
+
+class PromptRecord(BaseModel):
+    """A labelled request for the prompt head (1 = harmful request)."""
+
+    id: str
+    prompt: str
+    label: int = Field(ge=0, le=1)
+
+
+class MonitorTrainConfig(Settings):
+    """Settings of one monitor training run."""
+
+    data: Path
+    val: Path | None = None
+    prompt_data: Path | None = None
+    out: Path
+    base: str = "smollm2"
+    variant: Literal["heads", "lora"] = "heads"
+    lora_r: int = Field(8, ge=1, le=256)
+    lora_alpha: float = Field(16.0, gt=0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    lr: float = Field(1e-3, gt=0, le=1)
+    epochs: int = Field(1, ge=1, le=1000)
+    batch_size: int = Field(8, ge=1, le=1024)
+    max_response_tokens: int = Field(256, ge=1, le=8192)
+    w_token: float = Field(0.6, ge=0)
+    w_response: float = Field(0.4, ge=0)
+    w_logic: float = Field(1.0, ge=0)
+    seed: int = 0
+    checkpoint_every: int = Field(50, ge=1)
+
+
+def logic_loss(c_resp: torch.Tensor, c_tok_max: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``-log(1 - c_resp + c_resp * max_t c_tok_t)``, averaged over the batch."""
+    return -torch.log((1 - c_resp + c_resp * c_tok_max).clamp(min=eps)).mean()
+
+
+def dual_loss(
+    tok_logits: torch.Tensor,
+    tok_labels: torch.Tensor,
+    tok_mask: torch.Tensor,
+    resp_logits: torch.Tensor,
+    resp_labels: torch.Tensor,
+    cfg: MonitorTrainConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The SCM loss on a padded batch: token logits ``[B, T, 2]``, response logits ``[B, 2]``."""
+    ce_tok = torch.nn.functional.cross_entropy(
+        tok_logits.reshape(-1, 2), tok_labels.reshape(-1), reduction="none"
+    )
+    ce_tok = (ce_tok * tok_mask.reshape(-1)).sum() / tok_mask.sum().clamp(min=1)
+    ce_resp = torch.nn.functional.cross_entropy(resp_logits, resp_labels)
+    p_tok = torch.softmax(tok_logits.float(), -1)[..., 1].masked_fill(tok_mask == 0, 0.0)
+    l_logic = logic_loss(torch.softmax(resp_logits.float(), -1)[:, 1], p_tok.max(dim=1).values)
+    loss = cfg.w_token * ce_tok + cfg.w_response * ce_resp + cfg.w_logic * l_logic
+    return loss, {"token": ce_tok.item(), "response": ce_resp.item(), "logic": l_logic.item()}
+
+
+def _encode(
+    monitor: SCMMonitorModel, r: MonitorRecord, max_resp: int
+) -> tuple[list[int], int, list[int]]:
+    """(ids, prefix length, token labels) with the response as the policy would see it."""
+    tok = monitor.tokenizer
+    prefix = monitor.prefix_ids(r.prompt)
+    enc = tok(r.response, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"][:max_resp], enc["offset_mapping"][:max_resp]
+    if r.token_labels is not None:
+        labels = (list(r.token_labels) + [r.label] * len(ids))[: len(ids)]
+    else:
+        start = (
+            r.harm_start
+            if r.harm_start is not None or r.label == 0
+            else harm_start(r.response, r.label)
+        )
+        labels = token_labels([tuple(o) for o in offsets], start)
+    return prefix + ids, len(prefix), labels
+
+
+def _batch(items: list[tuple[list[int], int, list[int], int]], pad: int) -> dict[str, torch.Tensor]:
+    width = max(len(i[0]) for i in items)
+    n_tok = max(len(i[2]) for i in items)
+    out = {
+        k: torch.zeros((len(items), w), dtype=torch.long)
+        for k, w in (("ids", width), ("att", width), ("pos", n_tok), ("lab", n_tok), ("msk", n_tok))
+    }
+    out["ids"].fill_(pad)
+    out["last"] = torch.zeros(len(items), dtype=torch.long)
+    out["resp"] = torch.zeros(len(items), dtype=torch.long)
+    for b, (ids, p, labels, label) in enumerate(items):
+        out["ids"][b, : len(ids)] = torch.tensor(ids)
+        out["att"][b, : len(ids)] = 1
+        t = len(labels)
+        out["pos"][b, :t] = torch.arange(p, p + t)
+        out["lab"][b, :t] = torch.tensor(labels)
+        out["msk"][b, :t] = 1
+        out["last"][b] = len(ids) - 1
+        out["resp"][b] = label
+    return out
+
+
+def choose_rule(scores: list[tuple[list[float], list[float], int]]) -> tuple[MonitorRule, float]:
+    """Best rule on validation scores ``(token scores, response scores, label)`` by macro F1, then earliness."""
+    best: tuple[float, float, MonitorRule] | None = None
+    candidates = [
+        MonitorRule(name="delay-k", theta=t / 20, k=k) for t in range(4, 20) for k in (1, 2, 3, 5)
+    ]
+    candidates += [
+        MonitorRule(name="k-consecutive", theta=t / 20, k=k) for t in range(4, 20) for k in (2, 3)
+    ]
+    candidates += [MonitorRule(name="response-threshold", theta=t / 20) for t in range(4, 20)]
+    for rule in candidates:
+        tp = fp = tn = fn = 0
+        seen = []
+        for tok, resp, label in scores:
+            st = RuleState(rule)
+            fired_at = next(
+                (i for i, (a, b) in enumerate(zip(tok, resp, strict=True)) if st.update(a, b)[0]),
+                None,
+            )
+            if label and fired_at is not None:
+                tp += 1
+                seen.append((fired_at + 1) / max(len(tok), 1))
+            elif label:
+                fn += 1
+            elif fired_at is not None:
+                fp += 1
+            else:
+                tn += 1
+        f1h = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        f1b = 2 * tn / (2 * tn + fn + fp) if tn else 0.0
+        key = ((f1h + f1b) / 2, -(sum(seen) / len(seen) if seen else 1.0))
+        if best is None or key > best[:2]:
+            best = (*key, rule)
+    assert best is not None
+    return best[2], best[0]
+
+
+def train_monitor(
+    config: MonitorTrainConfig,
+    *,
+    base: LoadedModel | None = None,
+    stop_event: object | None = None,
+    progress: bool = True,
+) -> SCMMonitorModel:
+    """Train a monitor, choose its rule on ``config.val`` (if given), save the folder and a model card."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict
+
+    t_start = time.perf_counter()
+    records = read_jsonl(config.data, MonitorRecord)
+    val = read_jsonl(config.val, MonitorRecord) if config.val else []
+    prompts = read_jsonl(config.prompt_data, PromptRecord) if config.prompt_data else []
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    loaded = base or load_policy(config.base, dtype="float32")
+    backbone = loaded.model
+    if config.variant == "lora":
+        backbone = get_peft_model(
+            backbone,
+            LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=0.0,
+                target_modules=list(config.target_modules),
+            ),
+        )
+    else:
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+    monitor = SCMMonitorModel(
+        backbone, loaded.tokenizer, prompt_head=bool(prompts), backbone_ref=config.base
+    )
+    tok = loaded.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    encoded = [(*_encode(monitor, r, config.max_response_tokens), r.label) for r in records]
+    heads = [monitor.token_head, monitor.response_head] + (
+        [monitor.prompt_head] if monitor.prompt_head else []
+    )
+    params = [p for h in heads for p in h.parameters()] + [
+        p for p in backbone.parameters() if p.requires_grad
+    ]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+
+    def trainable() -> dict[str, torch.Tensor]:
+        d = {
+            f"heads.{k}": v
+            for k, v in monitor.state_dict().items()
+            if not k.startswith("backbone.")
+        }
+        if config.variant == "lora":
+            d |= {f"lora.{k}": v for k, v in get_peft_model_state_dict(backbone).items()}
+        return d
+
+    steps_per_epoch = (len(encoded) + config.batch_size - 1) // config.batch_size
+    total = steps_per_epoch * config.epochs
+    ckpt_dir = config.out / "checkpoints"
+    step, losses = 0, []
+    last = latest_checkpoint(ckpt_dir)
+    if last is not None:
+        tensors, state = load_checkpoint(last, opt)
+        monitor.load_state_dict(
+            {k[6:]: v for k, v in tensors.items() if k.startswith("heads.")}, strict=False
+        )
+        if config.variant == "lora":
+            set_peft_model_state_dict(
+                backbone, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")}
+            )
+        step, losses = int(state["step"]), list(state["losses"])
+    cols = (
+        TextColumn("train monitor"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+    )
+    monitor.train()
+    with Progress(*cols, disable=not progress) as bar:
+        task = bar.add_task("train", total=total, completed=step, loss=float("nan"))
+        while step < total:
+            epoch, i = divmod(step, steps_per_epoch)
+            order = torch.randperm(
+                len(encoded), generator=torch.Generator().manual_seed(config.seed + epoch)
+            ).tolist()
+            raise_if_stopped(stop_event, "monitor training")  # type: ignore[arg-type]
+            b = _batch(
+                [encoded[j] for j in order[i * config.batch_size : (i + 1) * config.batch_size]],
+                pad,
+            )
+            with torch.set_grad_enabled(config.variant == "lora"):
+                hidden, _ = monitor.hidden_states(b["ids"], attention_mask=b["att"])
+            h_tok = hidden.gather(1, b["pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            h_last = hidden[torch.arange(hidden.shape[0]), b["last"]]
+            loss, parts = dual_loss(
+                monitor.token_head(h_tok),
+                b["lab"],
+                b["msk"],
+                monitor.response_head(h_last),
+                b["resp"],
+                config,
+            )
+            if prompts and monitor.prompt_head is not None:
+                batch_p = [
+                    prompts[(step * config.batch_size + j) % len(prompts)]
+                    for j in range(config.batch_size)
+                ]
+                pid = [monitor.prefix_ids(p.prompt) for p in batch_p]
+                pb = _batch(
+                    [(x, len(x) - 1, [0], p.label) for x, p in zip(pid, batch_p, strict=True)], pad
+                )
+                with torch.set_grad_enabled(config.variant == "lora"):
+                    ph, _ = monitor.hidden_states(pb["ids"], attention_mask=pb["att"])
+                logits = monitor.prompt_head(ph[torch.arange(ph.shape[0]), pb["last"]])
+                loss = loss + torch.nn.functional.cross_entropy(logits, pb["resp"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            losses.append(float(loss))
+            bar.update(task, advance=1, loss=float(loss))
+            if step % config.checkpoint_every == 0 or step == total:
+                save_checkpoint(
+                    ckpt_dir, step, trainable(), opt, {"losses": losses, "parts": parts}
+                )
+    monitor.eval()
+    val_f1 = None
+    if val:
+        scored = []
+        for r in val:
+            ids, p, _ = _encode(monitor, r, config.max_response_tokens)
+            t, s = monitor.score(r.prompt, ids[p:])
+            scored.append((t.tolist(), s.tolist(), r.label))
+        monitor.rule, val_f1 = choose_rule(scored)
+    wall = time.perf_counter() - t_start
+    monitor.metadata = {
+        "variant": config.variant,
+        "steps": step,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "val_macro_f1": val_f1,
+        "train_records": len(records),
+        "wall_time_s": round(wall, 1),
+        "seed": config.seed,
+    }
+    save_monitor(monitor, config.out, backbone_ref=config.base)
+    write_model_card(
+        config.out,
+        title=f"Streaming content monitor ({config.variant})",
+        sections={
+            "What": "An SCM-style streaming monitor: token head, response head"
+            + (" and prompt head" if monitor.prompt_head else "")
+            + " on a causal LM backbone.",
+            "Backbone": config.base,
+            "Variant": config.variant,
+            "Training": f"{len(records)} responses from `{config.data}`, {step} steps, loss weights token "
+            f"{config.w_token} / response {config.w_response} / logic {config.w_logic}.",
+            "Decision rule": f"{monitor.rule.model_dump()} (chosen on `{config.val}`, macro F1 {val_f1})"
+            if val
+            else f"{monitor.rule.model_dump()} (default; no validation split given)",
+            "Wall time": f"{wall:.1f} s",
+        },
+    )
+    return monitor

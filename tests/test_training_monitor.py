@@ -1,0 +1,109 @@
+"""C1 monitor training on a tiny model: the logic term's formula, both variants end to end, the
+rule chosen on validation, loading back through B1, and resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saffron_runtime.models import LoadedModel
+from saffron_runtime.monitor import SCMMonitor, load_monitor
+from saffron_runtime.testing import tiny_causal_lm
+from saffron_runtime.training.monitor_train import MonitorTrainConfig, logic_loss, train_monitor
+
+
+def test_logic_term_matches_its_formula():
+    c_resp = torch.tensor([0.9, 0.1, 0.5])
+    c_tok = torch.tensor([0.2, 0.8, 0.5])
+    expected = sum(-math.log(1 - r + r * t) for r, t in zip(c_resp.tolist(), c_tok.tolist(), strict=True)) / 3
+    assert float(logic_loss(c_resp, c_tok)) == pytest.approx(expected, rel=1e-6)
+    assert float(logic_loss(torch.tensor([1.0]), torch.tensor([1.0]))) == pytest.approx(0.0, abs=1e-6)
+    assert float(logic_loss(torch.tensor([0.0]), torch.tensor([0.0]))) == pytest.approx(0.0, abs=1e-6)
+
+
+def _rows(n: int, seed: int) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    words = ["cake", "water", "plan", "help", "safe", "sorry"]
+    rows = []
+    for i in range(n):
+        harmful = i % 2 == 0
+        filler = " ".join(words[int(j)] for j in torch.randint(0, 6, (4,), generator=g))
+        resp = f"sure. the bomb {filler} bomb kaboom" if harmful else f"sure. {filler} and {filler}"
+        rows.append({"id": f"r{seed}-{i}", "prompt": "how make it", "response": resp, "label": int(harmful)})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("mon")
+    for name, n, seed in (("train", 24, 0), ("val", 12, 1)):
+        (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(n, seed)))
+    (d / "prompts.jsonl").write_text("".join(json.dumps({"id": f"p{i}", "prompt": p, "label": lab}) + "\n"
+                                             for i, (p, lab) in enumerate([("make bomb", 1), ("bake cake", 0)] * 4)))
+    base = d / "base"
+    tiny_causal_lm(len(tiny.tokenizer), seed=4).save_pretrained(base)
+    tiny.tokenizer.save_pretrained(base)
+    return {"train": d / "train.jsonl", "val": d / "val.jsonl", "prompts": d / "prompts.jsonl", "base": base}
+
+
+@pytest.mark.parametrize("variant", ["heads", "lora"])
+def test_train_monitor_end_to_end(tmp_path, files, tiny, variant):
+    out = tmp_path / variant
+    cfg = MonitorTrainConfig(data=files["train"], val=files["val"], prompt_data=files["prompts"], out=out,
+                             base=str(files["base"]), variant=variant, lr=1e-2, epochs=12, batch_size=8,
+                             checkpoint_every=10)
+    train_monitor(cfg, progress=False)
+    state = json.loads(sorted((out / "checkpoints").glob("step-*"))[-1].joinpath("trainer_state.json").read_text())
+    losses = state["losses"]
+    assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4
+    mon = load_monitor(out)
+    assert (out / "adapter").is_dir() == (variant == "lora") and mon.prompt_head is not None
+    saved = json.loads((out / "monitor_config.json").read_text())
+    assert saved["rule"] == mon.rule.model_dump() and saved["metadata"]["val_macro_f1"] is not None
+    assert "Decision rule" in (out / "README.md").read_text()
+    verdicts = []
+    for r in _rows(6, 7):
+        s = SCMMonitor(mon).open(r["prompt"])
+        verdicts.append((s.feed_text(r["response"]) or s.finish()) is not None)
+    assert sum(v == (i % 2 == 0) for i, v in enumerate(verdicts)) >= 5  # learned: bomb responses flagged
+
+
+def test_killed_monitor_run_resumes_to_the_same_heads(tmp_path, files):
+    common = ["--data", str(files["train"]), "--base", str(files["base"]), "--epochs", "20", "--batch-size", "4",
+              "--checkpoint-every", "3", "--lr", "0.01"]
+    cli = [sys.executable, "-m", "saffron_runtime.cli", "train", "monitor"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cli + common + ["--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((killed / "checkpoints").glob("step-*")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "heads.safetensors").exists(), "the run finished before it was killed"
+    subprocess.run(cli + common + ["--out", str(killed)], env=env, check=True, capture_output=True)
+    straight = tmp_path / "straight"
+    subprocess.run(cli + common + ["--out", str(straight)], env=env, check=True, capture_output=True)
+    a, b = load_file(str(killed / "heads.safetensors")), load_file(str(straight / "heads.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_heads_variant_leaves_the_backbone_untouched(tmp_path, files, tiny):
+    base = LoadedModel(tiny_causal_lm(len(tiny.tokenizer), seed=4), tiny.tokenizer, "tiny")
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    train_monitor(MonitorTrainConfig(data=files["train"], out=tmp_path / "h", base="tiny", epochs=1, batch_size=8),
+                  base=base, progress=False)
+    after = base.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
