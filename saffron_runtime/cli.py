@@ -213,6 +213,51 @@ def train_monitor_cmd(
     console.print(f"saved the monitor to {out}")
 
 
+data_app = typer.Typer(help="Build training data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("rewards")
+@one_line_errors
+def data_rewards_cmd(
+    prompts: Annotated[
+        Path, typer.Option(help="Prompts JSONL (id, prompt[, prefill, label, source]).")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Output token-level reward JSONL (appended; resumable).")
+    ],
+    judge_monitor: Annotated[
+        Path, typer.Option(help="Monitor folder whose response head judges every prefix.")
+    ],
+    policy: Annotated[str, typer.Option(help="Policy: 'smollm2' or a folder.")] = "smollm2",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per rollout.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Rollouts per batch.")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Roll out a policy and score every response prefix with a judge (token-level reward data).
+
+    Example: saffron data rewards --prompts train_prompts.jsonl --judge-monitor runs/monitor --out rewards.jsonl
+    """
+    from saffron_runtime.jsonl import read_jsonl
+    from saffron_runtime.models.loading import load_policy
+    from saffron_runtime.monitor.model import load_monitor
+    from saffron_runtime.training.judges import judge_from_monitor
+    from saffron_runtime.training.reward_data import PromptItem, build_reward_data
+
+    items = read_jsonl(prompts, PromptItem)
+    judge = judge_from_monitor(load_monitor(judge_monitor))
+    build_reward_data(
+        load_policy(policy, chat=True),
+        judge,
+        items,
+        out,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    console.print(f"wrote token-level rewards to {out}")
+
+
 def _pydantic_one_line(e: Exception) -> str:
     """``field: message (got value)`` for the first validation error of a pydantic model."""
     err = e.errors()[0]  # type: ignore[attr-defined]

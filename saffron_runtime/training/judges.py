@@ -75,6 +75,15 @@ class CausalHeadJudge:
         return (logits[:, 0] - logits[:, 1]).tolist()
 
 
+def judge_from_monitor(monitor: object, *, name: str = "monitor-response-head") -> CausalHeadJudge:
+    """The response head of an SCM monitor as a prefix judge (its layout ends at the response)."""
+    from saffron_runtime.monitor.model import SCMMonitorModel
+
+    if not isinstance(monitor, SCMMonitorModel):
+        raise TypeError(f"expected an SCMMonitorModel, got {type(monitor).__name__}")
+    return CausalHeadJudge(monitor.backbone, monitor.response_head, monitor.prefix_ids, name=name)
+
+
 class CallableJudge:
     """Wraps ``fn(prompt, response_text) -> margin``; scores each prefix with its own call (O(T) calls)."""
 
