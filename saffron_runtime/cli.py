@@ -48,6 +48,14 @@ def one_line_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _quiet() -> None:
+    """Silence transformers' per-load progress bars so command output stays readable (and JSON clean)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _version_callback(value: bool) -> None:
     if value:
         console.print(f"saffron {_version()}")
@@ -110,6 +118,114 @@ def demo(
     from saffron_runtime.demo import run_basic_demo
 
     run_basic_demo(console, prompt=prompt, max_new_tokens=max_new_tokens)
+
+
+@app.command()
+@one_line_errors
+def generate(
+    prompt: Annotated[str, typer.Option(help="The user prompt.")],
+    method: Annotated[
+        str, typer.Option(help="saffron | best_of_n | prm_beam | greedy (unguarded).")
+    ] = "saffron",
+    budget: Annotated[int, typer.Option(help="Frontier width (saffron, prm_beam).")] = 4,
+    num_samples: Annotated[int, typer.Option(help="N of Best-of-N.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 64,
+    policy: Annotated[
+        str, typer.Option(help="Policy: 'smollm2', a folder or a .gguf file.")
+    ] = "smollm2",
+    mrm: Annotated[Path | None, typer.Option(help="MRM adapter folder (Saffron-1 layout).")] = None,
+    monitor: Annotated[
+        Path | None, typer.Option(help="Monitor folder watching the stream.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Generate one answer under a search method, optionally watched by a monitor.
+
+    Example: saffron generate --prompt "How do I bake bread?" --method saffron --mrm runs/mrm --budget 4
+    """
+    import json as _json
+
+    from saffron_runtime.guarded import GuardedGeneration
+    from saffron_runtime.models.loading import load_policy
+    from saffron_runtime.models.mrm_io import load_mrm
+    from saffron_runtime.monitor.adapters import SCMMonitor
+    from saffron_runtime.monitor.model import load_monitor
+    from saffron_runtime.search.config import SearchConfig
+    from saffron_runtime.search.engine import SearchEngine
+
+    _quiet()
+    pol = load_policy(policy, chat=True)
+    engine = SearchEngine(pol, load_mrm(mrm, policy_tokenizer=pol.tokenizer) if mrm else None)
+    watcher = SCMMonitor(load_monitor(monitor)) if monitor else None
+    cfg = SearchConfig(
+        method=method if method != "unguarded" else "greedy",
+        budget=budget,
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+    )
+    ids = engine.chat_prompt_ids(prompt)
+    gen = GuardedGeneration(engine, watcher, ids, cfg, prompt_text=prompt)
+    for delta in gen:
+        if not as_json:
+            console.print(delta, end="", highlight=False, soft_wrap=True)
+    o = gen.outcome
+    stats = (o.result.stats if o.result else o.stats).to_dict()  # type: ignore[union-attr]
+    if as_json:
+        print(
+            _json.dumps(
+                {
+                    "text": o.released,
+                    "blocked": o.blocked,
+                    "verdict": o.verdict.to_dict() if o.verdict else None,
+                    "stats": stats,
+                },
+                default=str,
+            )
+        )
+    else:
+        console.print()
+        if o.blocked:
+            console.print(f"[red]blocked:[/] {o.verdict.reason if o.verdict else ''}")
+        console.print(
+            f"[dim]{stats['policy_tokens']} policy tokens, {stats['reward_forwards']} reward forwards, "
+            f"{stats['wall_s']:.1f} s[/]"
+        )
+
+
+eval_app = typer.Typer(help="Evaluate monitors and guarded generation.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("monitor")
+@one_line_errors
+def eval_monitor_cmd(
+    data: Annotated[Path, typer.Option(help="JSONL with prompt, response, label (1 = harmful).")],
+    monitor: Annotated[
+        Path, typer.Option(help="Monitor folder (its saved rule and thresholds are used).")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Stream every response through a monitor and report F1, false alarms and how early it stops.
+
+    Example: saffron eval monitor --data test.jsonl --monitor runs/monitor --json
+    """
+    import json as _json
+
+    from saffron_runtime.monitor.adapters import SCMMonitor
+    from saffron_runtime.monitor.evaluate import evaluate_monitor
+    from saffron_runtime.monitor.model import load_monitor
+
+    _quiet()
+    metrics = evaluate_monitor(data, SCMMonitor(load_monitor(monitor)))
+    if as_json:
+        print(_json.dumps(metrics))
+        return
+    table = Table(title=f"monitor {monitor} on {data}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
 
 
 train_app = typer.Typer(help="Train reward models and monitors.", no_args_is_help=True)
