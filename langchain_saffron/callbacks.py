@@ -70,19 +70,24 @@ class _GuardCore:
         with self._lock:
             return self._runs.get(run_id)
 
-    def _fire(self, run_id: UUID, state: _RunState, verdict: Verdict) -> None:
+    def _fire(
+        self, run_id: UUID, state: _RunState, verdict: Verdict, cleared: str | None = None
+    ) -> None:
         state.stop.set()
         self.verdicts[run_id] = verdict
-        raise GuardrailViolation(verdict)
+        err = GuardrailViolation(verdict)
+        err.cleared_text = state.text if cleared is None else cleared  # type: ignore[attr-defined]
+        raise err
 
     def _token(self, token: str, run_id: UUID) -> None:
         state = self._state(run_id)
         if state is None or not token:
             return
+        before = state.text
         state.text += token
         verdict = state.session.feed_text(token)
         if verdict is not None:
-            self._fire(run_id, state, verdict)
+            self._fire(run_id, state, verdict, cleared=before)
 
     def _end(self, response: LLMResult, run_id: UUID) -> None:
         state = self._state(run_id)

@@ -62,6 +62,7 @@ CALL_KWARGS = frozenset(SEARCH_FIELDS) | {
     "response_format",
     "target_entities",
     "model",
+    "stream",
 }
 
 
