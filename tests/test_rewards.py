@@ -50,6 +50,8 @@ def test_matching_default_is_exact_and_options_are_opt_in():
     assert match_rate("Leonardos", GOLD) == 0.5 and match_rate("Leonardos", GOLD, MatchOptions(word_boundary=True)) == 0.0
     assert match_rate("DiCaprio", GOLD, MatchOptions(variants={"Leonardo": ["DiCaprio", "Leo"]})) == 0.5
     assert match_rate("anything", []) == 0.0
+    with pytest.raises(ConfigError, match="the gold entity list is empty"):
+        egrpo_rewards(["a"], [], [False])
 
 
 @given(st.lists(st.tuples(st.text(max_size=30), st.booleans(), st.booleans()), min_size=1, max_size=8),
@@ -97,3 +99,57 @@ def test_trl_calling_convention():
                 entities=[GOLD] * 3 + [["Paris"]] * 2, answer=["Kate Winslet"] * 3 + ["France"] * 2, trainer_state=None)
     assert rewards == [1.0, pytest.approx(0.15), 0.0, 1.0, 0.0]  # the last is overlength
     assert f.__name__ == "egrpo_reward"
+
+
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=10))
+def test_gamma_hat_in_unit_interval(rates):
+    from saffron_runtime.rewards import normalised_rates
+
+    hat = normalised_rates(rates)
+    assert all(0.0 <= h <= 1.0 for h in hat)
+    assert max(hat) == (1.0 if max(rates) > 0 else 0.0)
+
+
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=10), st.data())
+def test_advantages_have_mean_zero(rewards, data):
+    over = data.draw(st.lists(st.booleans(), min_size=len(rewards), max_size=len(rewards)))
+    adv, in_loss = grpo_advantages(rewards, over)
+    assert abs(sum(adv) / len(adv)) < 1e-6 and in_loss == [not o for o in over]
+
+
+def test_checker_can_report_format_errors():
+    f = make_egrpo_reward_func(checker=lambda ans, gold: (gold in ans, "<answer>" not in ans))
+    comps = ["<think>Leonardo</think><answer>Kate</answer>", "<think>Leonardo</think>Kate",
+             "<think>x</think><answer>no</answer>"]
+    assert f(prompts=["q"] * 3, completions=comps, entities=[GOLD] * 3, answer=["Kate"] * 3) == [1.0, 0.0, 0.0]
+
+
+def test_one_real_trl_grpo_step_with_our_reward(tmp_path):
+    """TRL's own GRPOTrainer calls the reward function on a tiny random model (trl is a test extra)."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from saffron_runtime.testing import build_tiny_models
+
+    models = build_tiny_models("qwen2", seed=3)
+    ds = Dataset.from_list([{"prompt": "who starred in Titanic?", "entities": GOLD, "answer": "Kate"}] * 4)
+    inner = make_egrpo_reward_func()
+    calls = []
+
+    def egrpo_reward(prompts, completions, **kwargs):
+        out = inner(prompts=prompts, completions=completions, **kwargs)
+        calls.append((list(completions), kwargs["entities"], out))
+        return out
+
+    cfg = GRPOConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, num_generations=2,
+                     max_completion_length=8, report_to=[], use_cpu=True, save_strategy="no", logging_steps=1)
+    trainer = GRPOTrainer(model=models.policy, reward_funcs=[egrpo_reward], args=cfg, train_dataset=ds,
+                          processing_class=models.tokenizer)
+    trainer.train()
+    assert trainer.state.global_step == 1 and calls
+    completions, ents, out = calls[0]
+    assert len(out) == len(completions) == len(ents) == 4
+    for g in (slice(0, 2), slice(2, 4)):  # groups of num_generations, one prompt each
+        thoughts = [extract_thoughts(c) for c in completions[g]]
+        correct = ["kate" in c.split("</think>")[-1].casefold() for c in completions[g]]
+        assert out[g] == egrpo_rewards(thoughts, GOLD, correct)

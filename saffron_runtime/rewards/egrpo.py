@@ -40,6 +40,10 @@ def egrpo_rewards(
         raise ConfigError(
             f"errors has {len(errors)} flags but there are {n} rollouts; give one per rollout"
         )
+    if not [e for e in entities if e]:
+        raise ConfigError(
+            "the gold entity list is empty: E-GRPO rewards need at least one gold entity per question"
+        )
     if not 0.0 <= alpha <= 1.0 or math.isnan(alpha):
         raise ConfigError(f"alpha={alpha} must be in [0, 1] (the paper uses 0.3; 0.5 hurt)")
     errs = list(errors) if errors is not None else [False] * n

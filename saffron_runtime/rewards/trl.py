@@ -16,7 +16,8 @@ from saffron_runtime.rewards.egrpo import egrpo_rewards
 from saffron_runtime.rewards.entities import MatchOptions
 from saffron_runtime.rewards.thoughts import extract_thoughts
 
-AnswerChecker = Callable[[str, Any], bool]
+AnswerChecker = Callable[[str, Any], "bool | tuple[bool, bool]"]
+"""``checker(final_answer, gold) -> correct`` or ``(correct, format_error)``."""
 
 
 def _completion_text(c: Any) -> str | list[Any]:
@@ -68,10 +69,12 @@ def make_egrpo_reward_func(
             texts = [_completion_text(completions[i]) for i in group]
             thoughts = [extract_thoughts(t) for t in texts]
             answers = [_final_answer(completions[i]) for i in group]
-            correct = [checker(a, golds[i]) for a, i in zip(answers, group, strict=True)]
+            verdicts = [checker(a, golds[i]) for a, i in zip(answers, group, strict=True)]
+            correct = [bool(v[0]) if isinstance(v, tuple) else bool(v) for v in verdicts]
+            format_errors = [bool(v[1]) if isinstance(v, tuple) else False for v in verdicts]
             errors = [
-                max_completion_chars is not None and len(str(t)) > max_completion_chars
-                for t in texts
+                fe or (max_completion_chars is not None and len(str(t)) > max_completion_chars)
+                for fe, t in zip(format_errors, texts, strict=True)
             ]
             rewards = egrpo_rewards(
                 thoughts, ents[start], correct, alpha=alpha, errors=errors, options=options
