@@ -229,3 +229,30 @@ def test_sixteen_concurrent_runs_get_their_own_verdicts():
         else:
             assert results[i].startswith("blocked:") and "bomb" not in results[i].split(":", 2)[2]
     assert len(guard.verdicts) == 8 and not guard._runs
+
+
+def test_langgraph_messages_mode_async():
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    model = fake(HARMFUL)
+
+    async def node(s, config):
+        return {"messages": [await model.ainvoke(s["messages"], config)]}
+
+    g = StateGraph(MessagesState)
+    g.add_node("model", node)
+    g.add_edge(START, "model")
+    g.add_edge("model", END)
+    app = g.compile()
+
+    async def run() -> str:
+        guard = AsyncSaffronGuardCallbackHandler(monitor())
+        got = ""
+        with pytest.raises(GuardrailViolation):
+            async for chunk, _ in app.astream({"messages": [HumanMessage("q")]},
+                                                                {"callbacks": [guard]}, stream_mode="messages"):
+                got += chunk.content
+        return got
+
+    text = asyncio.run(run())
+    assert text and "bomb" not in text
