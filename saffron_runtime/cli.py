@@ -374,6 +374,26 @@ def data_rewards_cmd(
     console.print(f"wrote token-level rewards to {out}")
 
 
+@data_app.command("splits")
+@one_line_errors
+def data_splits_cmd(
+    data_dir: Annotated[
+        Path, typer.Option(help="The shared safety data folder (prompts/, responses/, xstest/).")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Output folder for the split JSONL files and split_ids.json.")
+    ],
+) -> None:
+    """Labelled monitor and prompt-head data, split by prompt (never by response), with the split ids.
+
+    Example: saffron data splits --data-dir ../shared/data --out runs/data
+    """
+    from saffron_runtime.training.safety_data import write_splits
+
+    for name, n in write_splits(data_dir, out).items():
+        console.print(f"{name}: {n}")
+
+
 def _pydantic_one_line(e: Exception) -> str:
     """``field: message (got value)`` for the first validation error of a pydantic model."""
     err = e.errors()[0]  # type: ignore[attr-defined]

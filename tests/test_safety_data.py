@@ -69,3 +69,16 @@ def test_token_label_rule():
 def test_missing_data_dir_is_named(tmp_path):
     with pytest.raises(DataError, match=r"completions.jsonl does not exist; pass the shared data folder"):
         monitor_examples(tmp_path)
+
+
+def test_write_splits(tmp_path):
+    import json
+
+    from saffron_runtime.training.safety_data import write_splits
+
+    counts = write_splits(SHARED_DATA, tmp_path)
+    assert counts["monitor_train"] > counts["monitor_test"] > counts["monitor_val"] > 0
+    ids = json.loads((tmp_path / "split_ids.json").read_text())
+    assert sum(len(v) for v in ids["monitor"].values()) == sum(counts[f"monitor_{s}"] for s in ("train", "val", "test"))
+    first = json.loads((tmp_path / "monitor_train.jsonl").open().readline())
+    assert set(first) == {"id", "prompt", "response", "label", "source", "harm_start"}

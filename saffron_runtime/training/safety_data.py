@@ -166,3 +166,30 @@ def by_split(examples: list[MonitorExample] | list[PromptExample]) -> dict[str, 
 def split_ids(groups: dict[str, list]) -> dict[str, list[str]]:
     """The ids in each split, sorted, for recording next to trained models."""
     return {s: sorted(ex.id for ex in exs) for s, exs in groups.items()}
+
+
+def write_splits(
+    data_dir: str | Path, out_dir: str | Path, rule: TokenRule = "after-first-sentence"
+) -> dict[str, int]:
+    """Write monitor and prompt-head JSONL files per split plus ``split_ids.json``; return row counts."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    groups = by_split(monitor_examples(data_dir, rule))
+    pgroups = by_split(prompt_examples(data_dir))
+    for split in SPLIT_FRACTIONS:
+        for name, rows in (
+            (f"monitor_{split}", groups[split]),
+            (f"prompts_{split}", pgroups[split]),
+        ):
+            with (out / f"{name}.jsonl").open("w", encoding="utf-8") as f:
+                for r in rows:
+                    f.write(json.dumps(r.model_dump(), ensure_ascii=False) + "\n")
+            counts[name] = len(rows)
+    ids = {
+        "monitor": split_ids(groups),
+        "prompts": split_ids(pgroups),
+        "rule": "sha256 of the lower-cased, whitespace-normalised prompt; 70/10/20 train/val/test",
+    }
+    (out / "split_ids.json").write_text(json.dumps(ids, indent=1) + "\n")
+    return counts
