@@ -44,7 +44,11 @@ def tool_call_lark(
             "required": ["name", "arguments"],
             "additionalProperties": False,
             # compact JSON: no free whitespace, so a model cannot wander in blank space inside a call
-            "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "},
+            "x-guidance": {
+                "whitespace_flexible": False,
+                "item_separator": ", ",
+                "key_separator": ": ",
+            },
         }
         alts.append(f"%json {json.dumps(schema)}")
     rules = "\n".join(f"call{i}: {a}" for i, a in enumerate(alts))

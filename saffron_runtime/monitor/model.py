@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from saffron_runtime.errors import ModelLoadError
+from saffron_runtime.models.chat import chat_prompt_ids
 from saffron_runtime.models.loading import load_policy
 from saffron_runtime.models.weights import validate_safetensors
 from saffron_runtime.monitor.rules import MonitorRule
@@ -57,14 +58,7 @@ class SCMMonitorModel(torch.nn.Module):
 
     def prefix_ids(self, prompt: str) -> list[int]:
         """Ids before the response: chat template of the user prompt plus the assistant header."""
-        return list(
-            self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}],
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
-            )
-        )
+        return chat_prompt_ids(self.tokenizer, prompt)
 
     def head_scores(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Harm probabilities of the token and response heads for hidden states ``[..., hidden]``."""

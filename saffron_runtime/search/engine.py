@@ -20,6 +20,7 @@ from saffron_runtime.cache import TrieKVCache, TrieNode, TrieSession
 from saffron_runtime.cancel import is_stopped
 from saffron_runtime.constraints import ConstraintState, Grammar
 from saffron_runtime.errors import ConfigError, PromptError
+from saffron_runtime.models.chat import chat_prompt_ids
 from saffron_runtime.models.flops import FlopsModel
 from saffron_runtime.models.loading import LoadedModel
 from saffron_runtime.models.mrm import MultifurcationRewardModel
@@ -137,14 +138,7 @@ class SearchEngine:
     # ------------------------------------------------------------------ entry points
     def chat_prompt_ids(self, prompt: str) -> list[int]:
         """Policy prompt ids of a one-turn chat (chat template with the assistant header)."""
-        return list(
-            self.policy.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}],
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
-            )
-        )
+        return chat_prompt_ids(self.policy.tokenizer, prompt)
 
     def search(
         self,

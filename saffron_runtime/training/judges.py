@@ -14,6 +14,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from saffron_runtime.models.chat import chat_prompt_ids
+
 
 @runtime_checkable
 class PrefixJudge(Protocol):
@@ -30,14 +32,7 @@ def chat_prefix_builder(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], l
     """Prefix ids = the chat template of a one-turn user prompt with the assistant header, as the policy sees it."""
 
     def build(prompt: str) -> list[int]:
-        return list(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}],
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
-            )
-        )
+        return chat_prompt_ids(tokenizer, prompt)
 
     return build
 

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from saffron_runtime.cancel import raise_if_stopped
 from saffron_runtime.errors import DataError
 from saffron_runtime.jsonl import iter_jsonl
+from saffron_runtime.models.chat import chat_prompt_ids
 from saffron_runtime.models.loading import LoadedModel
 from saffron_runtime.training.judges import PrefixJudge
 
@@ -60,14 +61,7 @@ class TokenRewardRecord(BaseModel):
 
 
 def _chat_ids(loaded: LoadedModel, prompt: str) -> list[int]:
-    return list(
-        loaded.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}],
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
-        )
-    )
+    return chat_prompt_ids(loaded.tokenizer, prompt)
 
 
 @torch.no_grad()
