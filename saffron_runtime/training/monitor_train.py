@@ -70,6 +70,7 @@ class MonitorTrainConfig(Settings):
     w_logic: float = Field(1.0, ge=0)
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
+    licences: str = Field("", description="licences of the base model and data, for the model card")
 
 
 def logic_loss(c_resp: torch.Tensor, c_tok_max: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -252,11 +253,12 @@ def train_monitor(
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:.0f} tok/s"),
     )
     monitor.train()
     with Progress(*cols, disable=not progress) as bar:
-        task = bar.add_task("train", total=total, completed=step, loss=float("nan"))
+        task = bar.add_task("train", total=total, completed=step, loss=float("nan"), tps=0.0)
+        t0, seen = time.perf_counter(), 0
         while step < total:
             epoch, i = divmod(step, steps_per_epoch)
             order = torch.randperm(
@@ -296,8 +298,11 @@ def train_monitor(
             loss.backward()
             opt.step()
             step += 1
-            losses.append(float(loss))
-            bar.update(task, advance=1, loss=float(loss))
+            losses.append(loss.item())
+            seen += int(b["att"].sum())
+            bar.update(
+                task, advance=1, loss=losses[-1], tps=seen / max(time.perf_counter() - t0, 1e-9)
+            )
             if step % config.checkpoint_every == 0 or step == total:
                 save_checkpoint(
                     ckpt_dir, step, trainable(), opt, {"losses": losses, "parts": parts}
@@ -338,6 +343,7 @@ def train_monitor(
             if val
             else f"{monitor.rule.model_dump()} (default; no validation split given)",
             "Wall time": f"{wall:.1f} s",
+            "Licences": config.licences or "not given: add the base model's and the data's licences",
         },
     )
     return monitor

@@ -57,6 +57,7 @@ class MRMTrainConfig(BaseModel):
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    licences: str = Field("", description="licences of the base model and data, for the model card")
 
 
 def partial_supervision_loss(
@@ -264,6 +265,8 @@ def train_mrm(
             "Unseen tokens": f"{int(mask.sum())} of {mask.numel()} vocabulary entries were never "
             f"supervised and are masked at search time.",
             "Wall time": f"{wall:.1f} s",
+            "Licences": config.licences
+            or "not given: add the base model's and the data's licences",
         },
     )
     return mrm
