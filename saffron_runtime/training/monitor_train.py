@@ -140,6 +140,29 @@ def _batch(items: list[tuple[list[int], int, list[int], int]], pad: int) -> dict
     return out
 
 
+@torch.no_grad()
+def _cached_features(
+    monitor: SCMMonitorModel,
+    encoded: list[tuple[list[int], int, list[int], int]],
+    idx: list[int],
+    cache: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    pad: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Response-token and last-position hidden states of examples ``idx`` (computed once, then reused)."""
+    missing = [j for j in idx if j not in cache]
+    if missing:
+        b = _batch([encoded[j] for j in missing], pad)
+        hidden, _ = monitor.hidden_states(b["ids"], attention_mask=b["att"])
+        for r, j in enumerate(missing):
+            t = len(encoded[j][2])
+            cache[j] = (hidden[r, b["pos"][r, :t]].clone(), hidden[r, b["last"][r]].clone())
+    width = max(cache[j][0].shape[0] for j in idx)
+    h_tok = torch.zeros((len(idx), width, cache[idx[0]][0].shape[-1]))
+    for r, j in enumerate(idx):
+        h_tok[r, : cache[j][0].shape[0]] = cache[j][0]
+    return h_tok, torch.stack([cache[j][1] for j in idx])
+
+
 def choose_rule(scores: list[tuple[list[float], list[float], int]]) -> tuple[MonitorRule, float]:
     """Best rule on validation scores ``(token scores, response scores, label)`` by macro F1, then earliness."""
     best: tuple[float, float, MonitorRule] | None = None
@@ -233,6 +256,7 @@ def train_monitor(
             d |= {f"lora.{k}": v for k, v in get_peft_model_state_dict(backbone).items()}
         return d
 
+    feature_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     steps_per_epoch = (len(encoded) + config.batch_size - 1) // config.batch_size
     total = steps_per_epoch * config.epochs
     ckpt_dir = config.out / "checkpoints"
@@ -265,14 +289,16 @@ def train_monitor(
                 len(encoded), generator=torch.Generator().manual_seed(config.seed + epoch)
             ).tolist()
             raise_if_stopped(stop_event, "monitor training")  # type: ignore[arg-type]
-            b = _batch(
-                [encoded[j] for j in order[i * config.batch_size : (i + 1) * config.batch_size]],
-                pad,
-            )
-            with torch.set_grad_enabled(config.variant == "lora"):
+            idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+            b = _batch([encoded[j] for j in idx], pad)
+            if (
+                config.variant == "heads"
+            ):  # frozen backbone: one forward per example, cached across epochs
+                h_tok, h_last = _cached_features(monitor, encoded, idx, feature_cache, pad)
+            else:
                 hidden, _ = monitor.hidden_states(b["ids"], attention_mask=b["att"])
-            h_tok = hidden.gather(1, b["pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-            h_last = hidden[torch.arange(hidden.shape[0]), b["last"]]
+                h_tok = hidden.gather(1, b["pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+                h_last = hidden[torch.arange(hidden.shape[0]), b["last"]]
             loss, parts = dual_loss(
                 monitor.token_head(h_tok),
                 b["lab"],
@@ -343,7 +369,8 @@ def train_monitor(
             if val
             else f"{monitor.rule.model_dump()} (default; no validation split given)",
             "Wall time": f"{wall:.1f} s",
-            "Licences": config.licences or "not given: add the base model's and the data's licences",
+            "Licences": config.licences
+            or "not given: add the base model's and the data's licences",
         },
     )
     return monitor
