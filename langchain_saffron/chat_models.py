@@ -179,13 +179,22 @@ class ChatSaffron(BaseChatModel):
         return SearchConfig(**values, stop=list(stop or self.stop or []))
 
     def _prompt(
-        self, messages: list[BaseMessage], tools: Sequence[dict[str, Any]] | None
+        self,
+        messages: list[BaseMessage],
+        tools: Sequence[dict[str, Any]] | None,
+        schema: dict[str, Any] | None = None,
     ) -> tuple[list[int], str]:
         tok = self._engine.policy.tokenizer
         native = template_supports_tools(tok)
         rendered = to_template_messages(
             messages, native_tools=native, tools=None if native else tools
         )
+        if schema is not None:  # tell the model what the grammar will enforce
+            note = f"Answer only with a JSON value matching this JSON schema:\n{json.dumps(schema)}"
+            if rendered[0]["role"] == "system":
+                rendered[0] = {**rendered[0], "content": f"{rendered[0]['content']}\n\n{note}"}
+            else:
+                rendered.insert(0, {"role": "system", "content": note})
         kw: dict[str, Any] = {"tools": list(tools)} if (tools and native) else {}
         try:
             ids = list(
@@ -231,7 +240,9 @@ class ChatSaffron(BaseChatModel):
     ) -> tuple[GuardedGeneration, int, OnViolation]:
         cfg = self._settings(kwargs, stop)
         tools = kwargs.get("tools")
-        ids, prompt_text = self._prompt(messages, tools)
+        fmt = kwargs.get("response_format")
+        schema = fmt.get("schema") if isinstance(fmt, dict) else None
+        ids, prompt_text = self._prompt(messages, tools, schema)
         on_violation = kwargs.get("on_violation", self.on_violation)
         gen = GuardedGeneration(
             self._engine,
@@ -240,7 +251,9 @@ class ChatSaffron(BaseChatModel):
             cfg,
             prompt_text=prompt_text,
             stop_event=stop_event,
-            constraint=self._constraint(tools, kwargs.get("tool_choice")),
+            constraint=Grammar.json_schema(self._engine.policy.tokenizer, schema, compact=True)
+            if schema is not None
+            else self._constraint(tools, kwargs.get("tool_choice")),
         )
         return gen, len(ids), on_violation
 
@@ -388,6 +401,51 @@ class ChatSaffron(BaseChatModel):
         finally:
             stop_event.set()  # cancelling the consumer stops the search
             await asyncio.shield(worker)
+
+    # ------------------------------------------------------------------ structured output
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        include_raw: bool = False,
+        method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Structured output by grammar-constrained decoding: a forced tool call (``function_calling``) or a
+        JSON value matching the schema (``json_schema``; ``json_mode`` allows any JSON object)."""
+        if method == "function_calling":
+            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+        from langchain_core.runnables import RunnableMap, RunnablePassthrough
+        from langchain_core.utils.function_calling import convert_to_json_schema
+        from langchain_core.utils.pydantic import is_basemodel_subclass
+
+        is_model = isinstance(schema, type) and is_basemodel_subclass(schema)
+        if method == "json_mode":
+            json_schema: dict[str, Any] = {"type": "object"}
+        elif is_model:
+            json_schema = schema.model_json_schema()  # type: ignore[union-attr]
+        else:
+            json_schema = convert_to_json_schema(schema)
+        llm = self.bind(
+            response_format={"type": "json_schema", "schema": json_schema},
+            ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
+        )
+        parser = (
+            PydanticOutputParser(pydantic_object=schema)
+            if is_model and method != "json_mode"
+            else JsonOutputParser()
+        )  # type: ignore[arg-type]
+        if not include_raw:
+            return llm | parser
+        assign = RunnablePassthrough.assign(
+            parsed=lambda x: parser.invoke(x["raw"]), parsing_error=lambda _: None
+        )
+        fallback = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | assign.with_fallbacks(
+            [fallback], exception_key="parsing_error"
+        )
 
     # ------------------------------------------------------------------ tools
     def bind_tools(

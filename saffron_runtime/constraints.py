@@ -26,6 +26,22 @@ def _ll_tokenizer(tokenizer: PreTrainedTokenizerBase) -> Any:
     return llguidance.hf.from_tokenizer(tokenizer)
 
 
+def closed_schema(schema: Any) -> Any:
+    """A copy where every object schema without ``additionalProperties`` forbids extra keys.
+
+    JSON Schema allows extra keys by default, which lets a model wander off inside an object; a
+    decoder should emit exactly the declared fields (as OpenAI's strict mode does).
+    """
+    if isinstance(schema, list):
+        return [closed_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: closed_schema(v) for k, v in schema.items()}
+    if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
 def tool_call_lark(
     tools: list[dict[str, Any]], *, open_tag: str = "<tool_call>", close_tag: str = "</tool_call>"
 ) -> str:
@@ -39,7 +55,7 @@ def tool_call_lark(
             "type": "object",
             "properties": {
                 "name": {"const": fn["name"]},
-                "arguments": fn.get("parameters") or {"type": "object"},
+                "arguments": closed_schema(fn.get("parameters") or {"type": "object"}),
             },
             "required": ["name", "arguments"],
             "additionalProperties": False,
@@ -79,8 +95,20 @@ class Grammar:
         self.start()  # surfaces grammar errors now, not at the first token
 
     @classmethod
-    def json_schema(cls, tokenizer: PreTrainedTokenizerBase, schema: dict[str, Any]) -> Grammar:
-        """Output must be one JSON value matching ``schema``."""
+    def json_schema(
+        cls, tokenizer: PreTrainedTokenizerBase, schema: dict[str, Any], *, compact: bool = False
+    ) -> Grammar:
+        """Output must be one JSON value matching ``schema`` (``compact``: no free whitespace)."""
+        schema = closed_schema(schema)
+        if compact:
+            schema = {
+                **schema,
+                "x-guidance": {
+                    "whitespace_flexible": False,
+                    "item_separator": ", ",
+                    "key_separator": ": ",
+                },
+            }
         return cls(tokenizer, "json_schema", json.dumps(schema))
 
     @classmethod

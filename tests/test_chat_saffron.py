@@ -196,3 +196,20 @@ def test_concurrent_calls_do_not_cross_talk(parts):
     for t in threads:
         t.join()
     assert got == serial
+
+
+@pytest.mark.parametrize("method", ["json_schema", "function_calling"])
+def test_with_structured_output_by_constrained_decoding(parts, method):
+    from pydantic import BaseModel, Field
+
+    class Answer(BaseModel):
+        """An answer."""
+
+        word: str = Field(max_length=5)
+        n: int = Field(ge=0, le=9)
+
+    model = chat(parts, method="greedy", max_tokens=120, min_new_tokens=0)
+    out = model.with_structured_output(Answer, method=method).invoke("give me a word and a digit")
+    assert isinstance(out, Answer) and len(out.word) <= 5 and 0 <= out.n <= 9
+    raw = model.with_structured_output(Answer, method=method, include_raw=True).invoke("again")
+    assert raw["parsing_error"] is None and isinstance(raw["parsed"], Answer)
