@@ -135,6 +135,12 @@ class ChatSaffron(BaseChatModel):
             return None
         if isinstance(m, SCMMonitorModel):
             return SCMMonitor(m)
+        if m == "bundled":  # the shipped heads-only SmolLM2 monitor, on the policy's own backbone
+            from saffron_runtime.bundled import MONITOR_HEADS, bundled_path
+
+            policy = self._engine.policy
+            return SCMMonitor(load_monitor(bundled_path(MONITOR_HEADS), backbone=policy.model,
+                                           tokenizer=policy.tokenizer))
         if isinstance(m, (str, os.PathLike)):
             return SCMMonitor(load_monitor(m))
         return m

@@ -39,7 +39,11 @@ def test_bad_option_is_one_line():
 
 
 @pytest.mark.smollm2
-def test_basic_demo_generates_on_smollm2(smollm2):
+def test_basic_demo_generates_on_smollm2(smollm2, monkeypatch):
+    from saffron_runtime import cli
+
+    monkeypatch.setattr(cli.console, "width", 300)
     res = runner.invoke(app, ["demo", "--prompt", "Name a colour.", "--max-new-tokens", "6"])
     assert res.exit_code == 0, res.output
-    assert "SmolLM2-135M-Instruct (unguarded, greedy)" in res.output and "Not built yet" in res.output
+    assert "SmolLM2-135M-Instruct, greedy" in res.output and "Not built yet" in res.output
+    assert "watched by the streaming monitor" in res.output and "Sure, here is how" in res.output

@@ -44,3 +44,20 @@ def test_installed_wheel_reads_bundled_files_from_site_packages(wheel, tmp_path)
                          check=True, capture_output=True, text=True)
     where, n = res.stdout.split()
     assert where.startswith(str(target)) and n == "29"
+
+
+def test_bundled_monitor_ships_and_loads_from_the_installed_wheel(wheel, tmp_path, smollm2):
+    import os
+
+    names = zipfile.ZipFile(wheel).namelist()
+    folder = "saffron_runtime/bundled/saffron-monitor-smollm2-heads/"
+    assert {folder + f for f in ("heads.safetensors", "monitor_config.json", "README.md", "split_ids.json")} <= set(names)
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    code = ("import saffron_runtime.bundled as b; from saffron_runtime.monitor import load_monitor; "
+            "m = load_monitor(b.bundled_path(b.MONITOR_HEADS)); print(b.BUNDLED_DIR); print(m.rule.name, m.rule.k)")
+    env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, capture_output=True, text=True)
+    where, rule = res.stdout.strip().splitlines()[-2:]
+    assert where.startswith(str(target)) and rule == "delay-k 5"
