@@ -260,27 +260,21 @@ def train_mrm_cmd(
 
     Example: saffron train mrm --data rewards.jsonl --out runs/mrm --base smollm2
     """
-    from pydantic import ValidationError
-
-    from saffron_runtime.errors import ConfigError
     from saffron_runtime.training.mrm_train import MRMTrainConfig, train_mrm
 
-    try:
-        cfg = MRMTrainConfig(
-            data=data,
-            out=out,
-            base=base,
-            lr=lr,
-            epochs=epochs,
-            batch_size=batch_size,
-            lora_r=lora_r,
-            max_steps=max_steps,
-            checkpoint_every=checkpoint_every,
-            max_response_tokens=max_response_tokens,
-            seed=seed,
-        )
-    except ValidationError as e:
-        raise ConfigError(_pydantic_one_line(e)) from None
+    cfg = MRMTrainConfig(
+        data=data,
+        out=out,
+        base=base,
+        lr=lr,
+        epochs=epochs,
+        batch_size=batch_size,
+        lora_r=lora_r,
+        max_steps=max_steps,
+        checkpoint_every=checkpoint_every,
+        max_response_tokens=max_response_tokens,
+        seed=seed,
+    )
     train_mrm(cfg)
     console.print(f"saved the MRM to {out}")
 
@@ -392,13 +386,6 @@ def data_splits_cmd(
 
     for name, n in write_splits(data_dir, out).items():
         console.print(f"{name}: {n}")
-
-
-def _pydantic_one_line(e: Exception) -> str:
-    """``field: message (got value)`` for the first validation error of a pydantic model."""
-    err = e.errors()[0]  # type: ignore[attr-defined]
-    field = ".".join(str(x) for x in err["loc"])
-    return f"invalid {field}: {err['msg']} (got {err.get('input')!r})"
 
 
 if __name__ == "__main__":  # pragma: no cover

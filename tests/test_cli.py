@@ -47,3 +47,9 @@ def test_basic_demo_generates_on_smollm2(smollm2, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "SmolLM2-135M-Instruct, greedy" in res.output and "Not built yet" in res.output
     assert "watched by the streaming monitor" in res.output and "Sure, here is how" in res.output
+
+
+def test_invalid_training_setting_is_one_line(tmp_path):
+    res = runner.invoke(app, ["train", "mrm", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o"),
+                              "--lora-r", "0"])
+    assert res.exit_code == 2 and "MRMTrainConfig.lora_r=0: must be >= 1" in res.output and "Traceback" not in res.output

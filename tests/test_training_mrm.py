@@ -164,9 +164,9 @@ def test_train_mrm_end_to_end_loss_decreases_and_loads_back(tmp_path, reward_fil
 
 
 def test_invalid_config_names_the_field(tmp_path):
-    from pydantic import ValidationError
+    from saffron_runtime.errors import ConfigError
 
-    with pytest.raises(ValidationError, match=r"lora_r\n.*greater than or equal to 1"):
+    with pytest.raises(ConfigError, match=r"MRMTrainConfig.lora_r=0: must be >= 1"):
         MRMTrainConfig(data=tmp_path / "d", out=tmp_path, lora_r=0)
 
 

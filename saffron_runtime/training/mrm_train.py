@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from saffron_runtime.cancel import raise_if_stopped
+from saffron_runtime.config import Settings
 from saffron_runtime.jsonl import read_jsonl
 from saffron_runtime.models.loading import LoadedModel, load_policy
 from saffron_runtime.models.mrm import MRMTemplate, MultifurcationRewardModel
@@ -36,10 +37,8 @@ LOSSES: dict[str, LossFn] = {
 }
 
 
-class MRMTrainConfig(BaseModel):
+class MRMTrainConfig(Settings):
     """Settings of one MRM training run; every field is validated."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data: Path
     out: Path
