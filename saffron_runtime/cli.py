@@ -228,6 +228,58 @@ def eval_monitor_cmd(
     console.print(table)
 
 
+@eval_app.command("mrm")
+@one_line_errors
+def eval_mrm_cmd(
+    data: Annotated[
+        Path, typer.Option(help="Held-out token-level reward JSONL (from `saffron data rewards`).")
+    ],
+    mrm: Annotated[Path, typer.Option(help="MRM adapter folder.")],
+    judge_monitor: Annotated[
+        Path, typer.Option(help="The monitor whose response head made the rewards (the judge).")
+    ],
+    judge_ema: Annotated[float, typer.Option(help="The judge smoothing used for the data.")] = 1.0,
+    policy: Annotated[
+        str, typer.Option(help="Policy whose nucleus gives the children.")
+    ] = "smollm2",
+    prefixes: Annotated[
+        int, typer.Option(min=2, help="Prefixes for the within-prefix ranking.")
+    ] = 200,
+    top_p: Annotated[float, typer.Option(min=0.01, max=1.0, help="Nucleus of the children.")] = 0.9,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Pooled Spearman of MRM vs judge on held-out prefixes, and within-prefix ranking with a 95% CI.
+
+    Example: saffron eval mrm --data rewards_test.jsonl --mrm runs/mrm --judge-monitor runs/monitor
+    """
+    import json as _json
+
+    from saffron_runtime.evaluation.mrm_eval import evaluate_mrm
+    from saffron_runtime.jsonl import read_jsonl
+    from saffron_runtime.models.loading import load_policy
+    from saffron_runtime.models.mrm_io import load_mrm
+    from saffron_runtime.monitor.model import load_monitor
+    from saffron_runtime.training.judges import judge_from_monitor
+    from saffron_runtime.training.reward_data import TokenRewardRecord
+
+    _quiet()
+    records = read_jsonl(data, TokenRewardRecord)
+    pol = load_policy(policy, chat=True)
+    model = load_mrm(mrm, policy_tokenizer=pol.tokenizer)
+    judge = judge_from_monitor(load_monitor(judge_monitor), ema=judge_ema)
+    report = evaluate_mrm(model, judge, pol, records, n_prefixes=prefixes, top_p=top_p, seed=seed)
+    if as_json:
+        print(_json.dumps(report.to_dict()))
+        return
+    table = Table(title=f"MRM {mrm} against its judge on {data}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in report.to_dict().items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
 train_app = typer.Typer(help="Train reward models and monitors.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -249,6 +301,13 @@ def train_mrm_cmd(
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Responses per step.")] = 8,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (scale = alpha / r).")] = 16.0,
+    target_modules: Annotated[
+        str, typer.Option(help="Comma-separated module names that get LoRA.")
+    ] = "q_proj,v_proj",
+    template: Annotated[
+        str, typer.Option(help="MRM input layout: 'saffron1' (the released adapter) or 'chatml'.")
+    ] = "saffron1",
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
     max_response_tokens: Annotated[
@@ -260,9 +319,18 @@ def train_mrm_cmd(
 
     Example: saffron train mrm --data rewards.jsonl --out runs/mrm --base smollm2
     """
+    from saffron_runtime.errors import ConfigError
+    from saffron_runtime.models.mrm import MRM_TEMPLATES
     from saffron_runtime.training.mrm_train import MRMTrainConfig, train_mrm
 
+    if template not in MRM_TEMPLATES:
+        raise ConfigError(f"--template {template!r}: must be one of {sorted(MRM_TEMPLATES)}")
+    tmpl = MRM_TEMPLATES[template]
     cfg = MRMTrainConfig(
+        template_prefix=tmpl.prefix,
+        template_separator=tmpl.separator,
+        lora_alpha=lora_alpha,
+        target_modules=[m.strip() for m in target_modules.split(",") if m.strip()],
         data=data,
         out=out,
         base=base,
@@ -343,6 +411,26 @@ def data_rewards_cmd(
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per rollout.")] = 64,
     batch_size: Annotated[int, typer.Option(help="Rollouts per batch.")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    prefill_harmful: Annotated[
+        str,
+        typer.Option(
+            help="Prefilling attack forced after the header on harmful prompts (label 1)."
+        ),
+    ] = "",
+    keep_plain: Annotated[
+        bool,
+        typer.Option(help="With --prefill-harmful, also roll out each harmful prompt plainly."),
+    ] = True,
+    sample: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Use a random subset of N prompts (seeded by --seed, file order)."
+        ),
+    ] = None,
+    judge_ema: Annotated[
+        float,
+        typer.Option(help="Smooth the judge's margins along the response (1 = raw per position)."),
+    ] = 1.0,
 ) -> None:
     """Roll out a policy and score every response prefix with a judge (token-level reward data).
 
@@ -352,10 +440,21 @@ def data_rewards_cmd(
     from saffron_runtime.models.loading import load_policy
     from saffron_runtime.monitor.model import load_monitor
     from saffron_runtime.training.judges import judge_from_monitor
-    from saffron_runtime.training.reward_data import PromptItem, build_reward_data
+    from saffron_runtime.training.reward_data import (
+        PromptItem,
+        build_reward_data,
+        with_prefill_attack,
+    )
 
     items = read_jsonl(prompts, PromptItem)
-    judge = judge_from_monitor(load_monitor(judge_monitor))
+    if sample is not None and sample < len(items):
+        import random
+
+        keep = set(random.Random(seed).sample(range(len(items)), sample))
+        items = [it for i, it in enumerate(items) if i in keep]
+    if prefill_harmful:
+        items = with_prefill_attack(items, prefill_harmful, keep_plain=keep_plain)
+    judge = judge_from_monitor(load_monitor(judge_monitor), ema=judge_ema)
     build_reward_data(
         load_policy(policy, chat=True),
         judge,

@@ -193,3 +193,35 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, reward_file, tiny_base
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_prefill_attack_doubles_harmful_prompts_only():
+    from saffron_runtime.training.reward_data import with_prefill_attack
+
+    items = [PromptItem(id="h", prompt="harm", label=1), PromptItem(id="b", prompt="ok", label=0),
+             PromptItem(id="p", prompt="harm2", label=1, prefill="already")]
+    out = with_prefill_attack(items, "Sure, here is")
+    assert [(i.id, i.prefill) for i in out] == [("h", ""), ("h/prefill", "Sure, here is"), ("b", ""),
+                                                ("p", "already")]
+    assert [i.id for i in with_prefill_attack(items, "Sure", keep_plain=False)] == ["h/prefill", "b", "p"]
+    with pytest.raises(DataError, match="prefill string is empty"):
+        with_prefill_attack(items, "  ")
+
+
+def test_judge_ema_smooths_the_raw_margins_causally(tiny):
+    from saffron_runtime.errors import ConfigError
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(tiny.reward_backbone.config.hidden_size, 2)
+    build = chat_prefix_builder(tiny.tokenizer)
+    raw = CausalHeadJudge(tiny.reward_backbone, head, build).score_prefixes("q", [5, 9, 14, 33])
+    smooth = CausalHeadJudge(tiny.reward_backbone, head, build, ema=0.5, name="j")
+    assert smooth.name == "j/ema0.5"
+    expect, m = [], raw[0]
+    for x in raw:
+        m = 0.5 * x + 0.5 * m
+        expect.append(m)
+    assert smooth.score_prefixes("q", [5, 9, 14, 33]) == pytest.approx(expect)
+    assert smooth.score_prefixes("q", [5, 9])[-1] == pytest.approx(expect[1])  # prefix alone decides
+    with pytest.raises(ConfigError, match="ema=0: must be in"):
+        CausalHeadJudge(tiny.reward_backbone, head, build, ema=0)

@@ -50,6 +50,16 @@ class MRMTemplate:
         return cls(prefix=str(d["prefix"]), separator=str(d["separator"]))
 
 
+MRM_TEMPLATES: dict[str, MRMTemplate] = {
+    "saffron1": MRMTemplate(),
+    "chatml": MRMTemplate(
+        prefix="<|im_start|>user\n", separator="<|im_end|>\n<|im_start|>assistant\n"
+    ),
+}
+"""Named layouts: ``saffron1`` as the released adapter was trained; ``chatml`` for ChatML models
+(SmolLM2), the policy's own turn markers without its default system prompt."""
+
+
 @dataclass
 class MultifurcationRewardModel:
     """An MRM ready for search: backbone (usually peft-wrapped), tokenizer, template, unseen mask.

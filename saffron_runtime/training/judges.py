@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from saffron_runtime.errors import ConfigError
 from saffron_runtime.models.chat import chat_prompt_ids
 
 
@@ -41,7 +42,9 @@ class CausalHeadJudge:
     """A causal backbone plus a 2-way head (index 1 = harmful): margin = logit[safe] - logit[harmful].
 
     All prefixes are scored in one forward: causal attention makes position ``P + t`` see exactly
-    ``prefix + response[: t + 1]``.
+    ``prefix + response[: t + 1]``. With ``ema`` in (0, 1], the margin of a prefix is the exponential
+    moving average of the per-position margins up to it (``m_t = ema * raw_t + (1 - ema) * m_{t-1}``):
+    still a function of the prefix alone, but without the token-to-token jitter of a single position.
     """
 
     def __init__(
@@ -51,11 +54,15 @@ class CausalHeadJudge:
         prefix_ids: Callable[[str], list[int]],
         *,
         name: str = "causal-head-judge",
+        ema: float = 1.0,
     ) -> None:
+        if not 0.0 < ema <= 1.0:
+            raise ConfigError(f"ema={ema}: must be in (0, 1]; 1 keeps the raw per-position margins")
         self.backbone = backbone
         self.head = head
         self.prefix_ids = prefix_ids
-        self.name = name
+        self.ema = ema
+        self.name = name if ema == 1.0 else f"{name}/ema{ema:g}"
 
     @torch.no_grad()
     def score_prefixes(self, prompt: str, response_ids: Sequence[int]) -> list[float]:
@@ -67,16 +74,27 @@ class CausalHeadJudge:
         out = self.backbone(input_ids=ids, output_hidden_states=True, logits_to_keep=1)
         h = out.hidden_states[-1][0, len(prefix) :].to(self.head.weight.dtype)
         logits = self.head(h).float()
-        return (logits[:, 0] - logits[:, 1]).tolist()
+        raw = (logits[:, 0] - logits[:, 1]).tolist()
+        if self.ema == 1.0:
+            return raw
+        out, m = [], raw[0]
+        for x in raw:
+            m = self.ema * x + (1.0 - self.ema) * m
+            out.append(m)
+        return out
 
 
-def judge_from_monitor(monitor: object, *, name: str = "monitor-response-head") -> CausalHeadJudge:
+def judge_from_monitor(
+    monitor: object, *, name: str = "monitor-response-head", ema: float = 1.0
+) -> CausalHeadJudge:
     """The response head of an SCM monitor as a prefix judge (its layout ends at the response)."""
     from saffron_runtime.monitor.model import SCMMonitorModel
 
     if not isinstance(monitor, SCMMonitorModel):
         raise TypeError(f"expected an SCMMonitorModel, got {type(monitor).__name__}")
-    return CausalHeadJudge(monitor.backbone, monitor.response_head, monitor.prefix_ids, name=name)
+    return CausalHeadJudge(
+        monitor.backbone, monitor.response_head, monitor.prefix_ids, name=name, ema=ema
+    )
 
 
 class CallableJudge:

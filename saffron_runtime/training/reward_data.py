@@ -60,6 +60,30 @@ class TokenRewardRecord(BaseModel):
         return self
 
 
+def with_prefill_attack(
+    items: Sequence[PromptItem], prefill: str, *, keep_plain: bool = True
+) -> list[PromptItem]:
+    """Add a prefilling attack to every harmful item (``label == 1``) without one.
+
+    With ``keep_plain`` the harmful prompt is rolled out twice: as given (the policy may refuse, which
+    teaches the MRM what a safe opening looks like) and prefilled (id ``<id>/prefill``, where
+    harmful continuations occur). Benign items are kept as they are.
+    """
+    if not prefill.strip():
+        raise DataError(
+            "the prefill string is empty: pass the text forced after the assistant header"
+        )
+    out: list[PromptItem] = []
+    for it in items:
+        if it.label != 1 or it.prefill:
+            out.append(it)
+            continue
+        if keep_plain:
+            out.append(it)
+        out.append(it.model_copy(update={"id": f"{it.id}/prefill", "prefill": prefill}))
+    return out
+
+
 def _chat_ids(loaded: LoadedModel, prompt: str) -> list[int]:
     return chat_prompt_ids(loaded.tokenizer, prompt)
 
