@@ -30,12 +30,15 @@ from langchain_saffron.messages import (
     template_supports_tools,
     to_template_messages,
 )
+from saffron_runtime.bundled import BUNDLED
 from saffron_runtime.constraints import Grammar
 from saffron_runtime.errors import DEFAULT_REFUSAL, ConfigError, GuardrailViolation, OnViolation
 from saffron_runtime.guarded import GuardedGeneration, GuardedOutcome
 from saffron_runtime.models.loading import LoadedModel, load_policy
 from saffron_runtime.models.mrm import MultifurcationRewardModel
 from saffron_runtime.models.mrm_io import load_mrm
+from saffron_runtime.models.smollm2 import smollm2_tokenizer, speaks_smollm2
+from saffron_runtime.models.vocab import check_vocab_compatible
 from saffron_runtime.monitor.adapters import SCMMonitor, StreamingMonitor
 from saffron_runtime.monitor.model import SCMMonitorModel, load_monitor
 from saffron_runtime.search.config import SearchConfig
@@ -69,8 +72,10 @@ CALL_KWARGS = frozenset(SEARCH_FIELDS) | {
 class ChatSaffron(BaseChatModel):
     """Guarded chat over a local model: Saffron search (MRM-guided, trie-cached) + streaming monitor.
 
-    ``policy``, ``mrm`` and ``monitor`` are each an object, a path, or (policy only) ``"smollm2"``.
-    With ``monitor=None`` nothing watches the stream (the search alone guards it).
+    ``policy``, ``mrm`` and ``monitor`` are each an object or a path; ``policy="smollm2"`` is the
+    packaged SmolLM2-135M-Instruct and ``"bundled"`` the shipped MRM / monitor. The default ``"auto"``
+    uses the bundled MRM and monitor whenever the policy speaks SmolLM2's vocabulary, and nothing
+    otherwise (``method="saffron"`` then asks for an MRM). ``monitor=None`` switches the monitor off.
     ``on_violation``: ``"raise"`` (default) raises :class:`GuardrailViolation`; ``"refuse"`` answers
     with ``refusal_message``; ``"truncate"`` returns the cleared prefix. Both are marked blocked in
     ``response_metadata["saffron"]``.
@@ -81,8 +86,8 @@ class ChatSaffron(BaseChatModel):
     )
 
     policy: Any = "smollm2"
-    mrm: Any = None
-    monitor: Any = None
+    mrm: Any = "auto"
+    monitor: Any = "auto"
     tokenizer: Any = None
     method: Literal["saffron", "best_of_n", "prm_beam", "greedy"] = "saffron"
     budget: int = 4
@@ -127,6 +132,10 @@ class ChatSaffron(BaseChatModel):
     def _load_mrm(self, policy: LoadedModel) -> MultifurcationRewardModel | None:
         if self.mrm is None or isinstance(self.mrm, MultifurcationRewardModel):
             return self.mrm
+        if self.mrm == "auto":
+            if self.method != "saffron" or not speaks_smollm2(policy.tokenizer):
+                return None
+            return load_mrm(BUNDLED, policy_tokenizer=policy.tokenizer)
         return load_mrm(self.mrm, policy_tokenizer=policy.tokenizer)
 
     def _load_monitor(self) -> StreamingMonitor | None:
@@ -135,12 +144,18 @@ class ChatSaffron(BaseChatModel):
             return None
         if isinstance(m, SCMMonitorModel):
             return SCMMonitor(m)
-        if m == "bundled":  # the shipped heads-only SmolLM2 monitor, on the policy's own backbone
-            from saffron_runtime.bundled import MONITOR_HEADS, bundled_path
-
-            policy = self._engine.policy
-            return SCMMonitor(load_monitor(bundled_path(MONITOR_HEADS), backbone=policy.model,
-                                           tokenizer=policy.tokenizer))
+        policy = self._engine.policy
+        if m == "auto":
+            m = BUNDLED if speaks_smollm2(policy.tokenizer) else None
+            if m is None:
+                return None
+        if m == BUNDLED:  # the shipped SmolLM2 monitor, on the policy's own backbone
+            check_vocab_compatible(
+                policy.tokenizer, smollm2_tokenizer(), what="bundled SmolLM2 monitor"
+            )
+            return SCMMonitor(
+                load_monitor(BUNDLED, backbone=policy.model, tokenizer=policy.tokenizer)
+            )
         if isinstance(m, (str, os.PathLike)):
             return SCMMonitor(load_monitor(m))
         return m

@@ -280,6 +280,19 @@ def eval_mrm_cmd(
     console.print(table)
 
 
+LoraR = Annotated[int, typer.Option(help="LoRA rank.")]
+LoraAlpha = Annotated[float, typer.Option(help="LoRA alpha (scale = alpha / r).")]
+TargetModules = Annotated[str, typer.Option(help="Comma-separated module names that get LoRA.")]
+TopLayers = Annotated[
+    int | None, typer.Option(min=1, help="LoRA only in the last N layers (faster backward).")
+]
+MaxResponseTokens = Annotated[int, typer.Option(help="Truncate responses to this many tokens.")]
+
+
+def _modules(spec: str) -> list[str]:
+    return [m.strip() for m in spec.split(",") if m.strip()]
+
+
 train_app = typer.Typer(help="Train reward models and monitors.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -300,19 +313,16 @@ def train_mrm_cmd(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Responses per step.")] = 8,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
-    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (scale = alpha / r).")] = 16.0,
-    target_modules: Annotated[
-        str, typer.Option(help="Comma-separated module names that get LoRA.")
-    ] = "q_proj,v_proj",
+    lora_r: LoraR = 8,
+    lora_alpha: LoraAlpha = 16.0,
+    target_modules: TargetModules = "q_proj,v_proj",
+    top_layers: TopLayers = None,
     template: Annotated[
         str, typer.Option(help="MRM input layout: 'saffron1' (the released adapter) or 'chatml'.")
     ] = "saffron1",
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
-    max_response_tokens: Annotated[
-        int, typer.Option(help="Truncate responses to this many tokens.")
-    ] = 256,
+    max_response_tokens: MaxResponseTokens = 256,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train a multifurcation reward model with partial supervision; resumes from OUT/checkpoints.
@@ -330,7 +340,8 @@ def train_mrm_cmd(
         template_prefix=tmpl.prefix,
         template_separator=tmpl.separator,
         lora_alpha=lora_alpha,
-        target_modules=[m.strip() for m in target_modules.split(",") if m.strip()],
+        top_layers=top_layers,
+        target_modules=_modules(target_modules),
         data=data,
         out=out,
         base=base,
@@ -362,6 +373,11 @@ def train_monitor_cmd(
     ] = None,
     base: Annotated[str, typer.Option(help="Backbone: 'smollm2' or a folder.")] = "smollm2",
     variant: Annotated[str, typer.Option(help="'heads' (frozen backbone) or 'lora'.")] = "heads",
+    lora_r: LoraR = 8,
+    lora_alpha: LoraAlpha = 16.0,
+    target_modules: TargetModules = "q_proj,v_proj",
+    top_layers: TopLayers = None,
+    max_response_tokens: MaxResponseTokens = 256,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Responses per step.")] = 8,
@@ -381,6 +397,11 @@ def train_monitor_cmd(
         out=out,
         base=base,
         variant=variant,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        target_modules=_modules(target_modules),
+        top_layers=top_layers,
+        max_response_tokens=max_response_tokens,
         lr=lr,
         epochs=epochs,
         batch_size=batch_size,

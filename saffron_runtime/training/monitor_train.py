@@ -26,6 +26,7 @@ from saffron_runtime.models.loading import LoadedModel, load_policy
 from saffron_runtime.monitor.model import SCMMonitorModel, save_monitor
 from saffron_runtime.monitor.rules import MonitorRule, RuleState
 from saffron_runtime.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from saffron_runtime.training.lora import top_layers
 from saffron_runtime.training.model_card import write_model_card
 from saffron_runtime.training.safety_data import harm_start, token_labels
 
@@ -61,6 +62,9 @@ class MonitorTrainConfig(Settings):
     lora_r: int = Field(8, ge=1, le=256)
     lora_alpha: float = Field(16.0, gt=0)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    top_layers: int | None = Field(
+        None, ge=1, description="LoRA only in the last N decoder layers (backward stops below them)"
+    )
     lr: float = Field(1e-3, gt=0, le=1)
     epochs: int = Field(1, ge=1, le=1000)
     batch_size: int = Field(8, ge=1, le=1024)
@@ -227,6 +231,7 @@ def train_monitor(
                 lora_alpha=config.lora_alpha,
                 lora_dropout=0.0,
                 target_modules=list(config.target_modules),
+                layers_to_transform=top_layers(backbone, config.top_layers),
             ),
         )
     else:

@@ -27,6 +27,7 @@ from saffron_runtime.models.loading import LoadedModel, load_policy
 from saffron_runtime.models.mrm import MRMTemplate, MultifurcationRewardModel
 from saffron_runtime.models.mrm_io import save_mrm
 from saffron_runtime.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from saffron_runtime.training.lora import top_layers
 from saffron_runtime.training.model_card import write_model_card
 from saffron_runtime.training.reward_data import TokenRewardRecord
 
@@ -48,6 +49,9 @@ class MRMTrainConfig(Settings):
     lora_r: int = Field(8, ge=1, le=256)
     lora_alpha: float = Field(16.0, gt=0)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+    top_layers: int | None = Field(
+        None, ge=1, description="LoRA only in the last N decoder layers (backward stops below them)"
+    )
     lr: float = Field(1e-3, gt=0, le=1.0)
     epochs: int = Field(1, ge=1, le=1000)
     batch_size: int = Field(8, ge=1, le=1024)
@@ -161,6 +165,7 @@ def train_mrm(
         lora_dropout=0.0,
         target_modules=list(config.target_modules),
         bias="none",
+        layers_to_transform=top_layers(loaded.model, config.top_layers),
     )
     model = get_peft_model(loaded.model, lora)
     model.train()
@@ -211,7 +216,7 @@ def train_mrm(
             loss.backward()
             opt.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             tokens_seen += int(b["mask"].sum())
             bar.update(
                 task,
@@ -259,7 +264,8 @@ def train_mrm(
             "Base model": config.base,
             "Training": f"partial supervision ({config.loss}) on {len(records)} responses from "
             f"`{config.data}`; {step} steps, batch {config.batch_size}, lr {config.lr}, "
-            f"LoRA r={config.lora_r} alpha={config.lora_alpha} on {config.target_modules}.",
+            f"LoRA r={config.lora_r} alpha={config.lora_alpha} on {config.target_modules}"
+            f" ({f'last {config.top_layers} layers' if config.top_layers else 'all layers'}).",
             "Loss": f"first {meta['first_loss']}, last {meta['final_loss']}",
             "Unseen tokens": f"{int(mask.sum())} of {mask.numel()} vocabulary entries were never "
             f"supervised and are masked at search time.",
