@@ -133,13 +133,17 @@ def generate(
     policy: Annotated[
         str, typer.Option(help="Policy: 'smollm2', a folder or a .gguf file.")
     ] = "smollm2",
-    mrm: Annotated[Path | None, typer.Option(help="MRM adapter folder (Saffron-1 layout).")] = None,
+    mrm: Annotated[
+        str,
+        typer.Option(help="MRM adapter folder, or 'bundled' (the shipped SmolLM2 MRM)."),
+    ] = "bundled",
     monitor: Annotated[
-        Path | None, typer.Option(help="Monitor folder watching the stream.")
-    ] = None,
+        str,
+        typer.Option(help="Monitor folder watching the stream, 'bundled', or 'none'."),
+    ] = "bundled",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Generate one answer under a search method, optionally watched by a monitor.
+    """Generate one answer under a search method, watched by a monitor (the bundled ones by default).
 
     Example: saffron generate --prompt "How do I bake bread?" --method saffron --mrm runs/mrm --budget 4
     """
@@ -148,21 +152,27 @@ def generate(
     from saffron_runtime.guarded import GuardedGeneration
     from saffron_runtime.models.loading import load_policy
     from saffron_runtime.models.mrm_io import load_mrm
+    from saffron_runtime.models.smollm2 import speaks_smollm2
     from saffron_runtime.monitor.adapters import SCMMonitor
     from saffron_runtime.monitor.model import load_monitor
     from saffron_runtime.search.config import SearchConfig
     from saffron_runtime.search.engine import SearchEngine
 
     _quiet()
-    pol = load_policy(policy, chat=True)
-    engine = SearchEngine(pol, load_mrm(mrm, policy_tokenizer=pol.tokenizer) if mrm else None)
-    watcher = SCMMonitor(load_monitor(monitor)) if monitor else None
     cfg = SearchConfig(
         method=method if method != "unguarded" else "greedy",
         budget=budget,
         num_samples=num_samples,
         max_new_tokens=max_new_tokens,
     )
+    pol = load_policy(policy, chat=True)
+    needs_mrm = method == "saffron"
+    engine = SearchEngine(pol, load_mrm(mrm, policy_tokenizer=pol.tokenizer) if needs_mrm else None)
+    watcher = None
+    if monitor.lower() != "none":  # the bundled monitor reads the policy's own hidden states
+        same = monitor == "bundled" and speaks_smollm2(pol.tokenizer)
+        shared = {"backbone": pol.model, "tokenizer": pol.tokenizer} if same else {}
+        watcher = SCMMonitor(load_monitor(monitor, **shared))
     ids = engine.chat_prompt_ids(prompt)
     gen = GuardedGeneration(engine, watcher, ids, cfg, prompt_text=prompt)
     for delta in gen:

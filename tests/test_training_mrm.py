@@ -225,3 +225,14 @@ def test_judge_ema_smooths_the_raw_margins_causally(tiny):
     assert smooth.score_prefixes("q", [5, 9])[-1] == pytest.approx(expect[1])  # prefix alone decides
     with pytest.raises(ConfigError, match="ema=0: must be in"):
         CausalHeadJudge(tiny.reward_backbone, head, build, ema=0)
+
+
+@pytest.mark.parametrize("ema", [1.0, 0.3])
+def test_score_children_equals_scoring_each_extended_prefix(tiny, ema):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(tiny.reward_backbone.config.hidden_size, 2)
+    judge = CausalHeadJudge(tiny.reward_backbone, head, chat_prefix_builder(tiny.tokenizer), ema=ema)
+    for prefix in ([], [5, 9, 14]):
+        kids = [3, 40, 77, 200]
+        ref = [judge.score_prefixes("how make cake", [*prefix, c])[-1] for c in kids]
+        assert judge.score_children("how make cake", prefix, kids) == pytest.approx(ref, abs=1e-5)

@@ -19,7 +19,7 @@ from saffron_runtime.models.chat import chat_prompt_ids
 from saffron_runtime.models.loading import LoadedModel
 from saffron_runtime.models.mrm import MultifurcationRewardModel
 from saffron_runtime.search.nucleus import nucleus
-from saffron_runtime.training.judges import PrefixJudge
+from saffron_runtime.training.judges import CausalHeadJudge, PrefixJudge
 from saffron_runtime.training.reward_data import TokenRewardRecord
 
 
@@ -152,7 +152,10 @@ def evaluate_mrm(
         if len(kids) < 2:
             skipped += 1
             continue
-        judged = [judge.score_prefixes(r.prompt, [*prefix, c])[-1] for c in kids]
+        if isinstance(judge, CausalHeadJudge):  # one shared-prefix forward, children batched
+            judged = judge.score_children(r.prompt, prefix, kids)
+        else:
+            judged = [judge.score_prefixes(r.prompt, [*prefix, c])[-1] for c in kids]
         mrm_ids = mrm.template.prompt_ids(mrm.tokenizer, r.prompt) + prefix
         row = mrm.rewards(torch.tensor([mrm_ids], device=mrm.model.device))[0]
         rho = spearman(row[torch.tensor(kids, device=row.device)].cpu(), judged)

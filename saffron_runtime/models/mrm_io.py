@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from saffron_runtime.errors import ConfigError, ModelLoadError
+from saffron_runtime.bundled import BUNDLED, MRM, resolve_bundled
+from saffron_runtime.errors import ConfigError, ModelLoadError, TokenizerMismatchError
 from saffron_runtime.models.loading import load_policy
 from saffron_runtime.models.mrm import MRMTemplate, MultifurcationRewardModel
 from saffron_runtime.models.vocab import check_vocab_compatible
@@ -62,8 +63,6 @@ def read_adapter_folder(
 ) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """Validate an adapter folder (``"bundled"``: the shipped SmolLM2 MRM); return (path, adapter
     config, our metadata or {})."""
-    from saffron_runtime.bundled import MRM, resolve_bundled
-
     p = resolve_bundled(folder, MRM)
     if not p.is_dir():
         raise ModelLoadError(f"no reward-model adapter folder at {p}; check the path")
@@ -109,6 +108,15 @@ def load_mrm(
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict
 
+    if adapter == BUNDLED and policy_tokenizer is not None and token_map is None:
+        from saffron_runtime.models.smollm2 import speaks_smollm2
+
+        if not speaks_smollm2(policy_tokenizer):  # say so before loading a second model
+            raise TokenizerMismatchError(
+                f"the bundled MRM scores SmolLM2's vocabulary, but the policy's tokenizer has "
+                f"{len(policy_tokenizer)} tokens and a different vocabulary; pass an MRM trained "
+                f"for this policy (saffron train mrm --base <policy>) or use method='greedy'"
+            )
     folder, config, meta = read_adapter_folder(adapter)
     if base is None:
         base = meta.get("base") or config.get("base_model_name_or_path")

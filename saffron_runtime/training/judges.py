@@ -83,6 +83,43 @@ class CausalHeadJudge:
             out.append(m)
         return out
 
+    @torch.no_grad()
+    def score_children(
+        self, prompt: str, prefix: Sequence[int], children: Sequence[int]
+    ) -> list[float]:
+        """``score_prefixes(prompt, [*prefix, c])[-1]`` for every child ``c``, from one forward over
+        the shared prefix and one batched single-token step (the prefix's KV cache repeated)."""
+        from transformers import DynamicCache
+
+        base = self.prefix_ids(prompt) + list(prefix)
+        dev = self.backbone.device
+        cache = DynamicCache()
+        out = self.backbone(
+            input_ids=torch.tensor([base], device=dev),
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        n = len(children)
+        cache.batch_repeat_interleave(n)
+        step = self.backbone(
+            input_ids=torch.tensor(list(children), device=dev)[:, None],
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        h = step.hidden_states[-1][:, -1].to(self.head.weight.dtype)
+        logits = self.head(h).float()
+        raw = (logits[:, 0] - logits[:, 1]).tolist()
+        if self.ema == 1.0 or not prefix:
+            return raw
+        hp = out.hidden_states[-1][0, len(base) - len(prefix) :].to(self.head.weight.dtype)
+        lp = self.head(hp).float()
+        m = None
+        for x in (lp[:, 0] - lp[:, 1]).tolist():
+            m = x if m is None else self.ema * x + (1.0 - self.ema) * m
+        return [self.ema * x + (1.0 - self.ema) * m for x in raw]  # type: ignore[operator]
+
 
 def judge_from_monitor(
     monitor: object, *, name: str = "monitor-response-head", ema: float = 1.0
