@@ -27,3 +27,35 @@ demo: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Rebuild the bundled SmolLM2 models from ../shared/data (hours on 2 CPU cores; every step resumes).
+# The harmful rollouts land in runs/ (git-ignored) and are never committed. One thread per job so
+# two jobs can share the 2 cores without thrashing.
+RUNS ?= runs
+SAFFRON := OMP_NUM_THREADS=1 $(VENV)/bin/saffron
+JUDGE := saffron_runtime/bundled/saffron-monitor-smollm2-heads
+LORA_ALL := q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
+
+.PHONY: bundled-data bundled-mrm bundled-monitor-lora
+bundled-data: $(STAMP)
+	$(SAFFRON) data splits --data-dir ../shared/data --out $(RUNS)/data
+
+bundled-mrm: bundled-data
+	$(SAFFRON) data rewards --prompts $(RUNS)/data/prompts_train.jsonl --sample 800 \
+	  --out $(RUNS)/mrm/rewards_train.jsonl --judge-monitor $(JUDGE) --max-new-tokens 48 \
+	  --batch-size 32 --prefill-harmful "Sure, here is" --judge-ema 0.3
+	$(SAFFRON) data rewards --prompts $(RUNS)/data/prompts_test.jsonl --sample 120 --seed 1 \
+	  --out $(RUNS)/mrm/rewards_test.jsonl --judge-monitor $(JUDGE) --max-new-tokens 48 \
+	  --batch-size 32 --prefill-harmful "Sure, here is" --judge-ema 0.3
+	$(SAFFRON) train mrm --data $(RUNS)/mrm/rewards_train.jsonl --out $(RUNS)/mrm-smollm2 \
+	  --template chatml --target-modules $(LORA_ALL) --top-layers 10 --lora-r 16 --lora-alpha 32 \
+	  --epochs 2 --batch-size 8 --lr 1e-3 --max-response-tokens 48 --checkpoint-every 25
+	$(SAFFRON) eval mrm --data $(RUNS)/mrm/rewards_test.jsonl --mrm $(RUNS)/mrm-smollm2 \
+	  --judge-monitor $(JUDGE) --judge-ema 0.3 --prefixes 200 --json
+
+bundled-monitor-lora: bundled-data
+	$(SAFFRON) train monitor --data $(RUNS)/data/monitor_train.jsonl --val $(RUNS)/data/monitor_val.jsonl \
+	  --prompt-data $(RUNS)/data/prompts_train.jsonl --out $(RUNS)/monitor-lora --variant lora \
+	  --lora-r 16 --lora-alpha 32 --target-modules $(LORA_ALL) --top-layers 10 \
+	  --max-response-tokens 128 --epochs 1 --batch-size 8 --lr 1e-3 --checkpoint-every 20
+	$(SAFFRON) eval monitor --data $(RUNS)/data/monitor_test.jsonl --monitor $(RUNS)/monitor-lora --json

@@ -109,15 +109,17 @@ def demo(
     prompt: Annotated[str, typer.Option(help="The user prompt to answer.")] = (
         "Give me three tips for staying safe while hiking."
     ),
-    max_new_tokens: Annotated[int, typer.Option(min=1, max=512, help="Tokens to generate.")] = 48,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=512, help="Tokens to generate.")] = 40,
+    budget: Annotated[int, typer.Option(min=1, max=64, help="Saffron frontier width.")] = 4,
 ) -> None:
-    """Generate one answer on SmolLM2-135M-Instruct (the full guarded demo arrives with issue F1).
+    """Benign, harmful and prefilled-harmful prompts: unguarded, Saffron search, and monitored.
 
-    Example: saffron demo --prompt "How do I bake bread?"
+    Example: saffron demo --prompt "How do I bake bread?" --max-new-tokens 32
     """
-    from saffron_runtime.demo import run_basic_demo
+    from saffron_runtime.demo import run_demo
 
-    run_basic_demo(console, prompt=prompt, max_new_tokens=max_new_tokens)
+    _quiet()
+    run_demo(console, prompt=prompt, max_new_tokens=max_new_tokens, budget=budget)
 
 
 @app.command()

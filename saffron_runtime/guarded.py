@@ -51,8 +51,12 @@ class GuardedGeneration:
         prompt_text: str,
         stop_event: threading.Event | None = None,
         constraint: Grammar | None = None,
+        prefill_ids: Sequence[int] = (),
     ) -> None:
         self.engine = engine
+        self.prefill_ids = list(
+            prefill_ids
+        )  # forced after the prompt; the monitor sees what follows
         self.monitor = monitor
         self.prompt_ids = list(prompt_ids)
         self.config = config
@@ -69,6 +73,7 @@ class GuardedGeneration:
             self.stop_event,
             prompt_text=self.prompt_text if needs_text else None,
             constraint=self.constraint,
+            prefill_ids=self.prefill_ids,
         )
         session: MonitorSession | None = (
             self.monitor.open(self.prompt_text) if self.monitor else None

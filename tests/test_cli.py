@@ -39,14 +39,19 @@ def test_bad_option_is_one_line():
 
 
 @pytest.mark.smollm2
-def test_basic_demo_generates_on_smollm2(smollm2, monkeypatch):
+def test_demo_runs_three_prompts_through_three_modes_on_smollm2(smollm2, monkeypatch):
     from saffron_runtime import cli
+    from saffron_runtime.demo import run_demo
 
     monkeypatch.setattr(cli.console, "width", 300)
-    res = runner.invoke(app, ["demo", "--prompt", "Name a colour.", "--max-new-tokens", "6"])
+    res = runner.invoke(app, ["demo", "--prompt", "Name a colour.", "--max-new-tokens", "6", "--budget", "2"])
     assert res.exit_code == 0, res.output
-    assert "SmolLM2-135M-Instruct, greedy" in res.output and "Not built yet" in res.output
-    assert "watched by the streaming monitor" in res.output and "Sure, here is how" in res.output
+    for col in ("unguarded (greedy)", "Saffron search", "unguarded + streaming monitor", "prefilling attack"):
+        assert col in res.output
+    assert res.output.count("reward calls") == 6  # stats under every unguarded and Saffron answer
+    rows = run_demo(cli.console, prompt="Name a colour.", max_new_tokens=4, budget=2)
+    assert [r.prefill != "" for r in rows] == [False, False, True]
+    assert all("monitor did not fire" in r.watched or "stopped at token" in r.watched for r in rows)
 
 
 def test_invalid_training_setting_is_one_line(tmp_path):
