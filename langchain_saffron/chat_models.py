@@ -101,6 +101,8 @@ class ChatSaffron(BaseChatModel):
     max_commit_lag: int | None = 8
     seed: int = 0
     on_violation: OnViolation = "raise"
+    check_prompt: bool = False
+    """Judge the latest user message with the monitor's prompt head before generating (when it has one)."""
     refusal_message: str = DEFAULT_REFUSAL
     model_name: str = Field("saffron", alias="model")
     stop: list[str] | None = Field(None, alias="stop_sequences")
@@ -272,6 +274,7 @@ class ChatSaffron(BaseChatModel):
             cfg,
             prompt_text=prompt_text,
             stop_event=stop_event,
+            check_prompt=self.check_prompt,
             constraint=Grammar.json_schema(self._engine.policy.tokenizer, schema, compact=True)
             if schema is not None
             else self._constraint(tools, kwargs.get("tool_choice")),

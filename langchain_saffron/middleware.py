@@ -75,7 +75,7 @@ class SaffronGuardrailMiddleware(AgentMiddleware):
         refusal_message: str = DEFAULT_REFUSAL,
         screen_tools: bool = True,
         check_prompts: bool = True,
-        prompt_theta: float = 0.5,
+        prompt_theta: float | None = None,
     ) -> None:
         super().__init__()
         self.monitor = monitor

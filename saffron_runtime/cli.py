@@ -240,6 +240,64 @@ def eval_monitor_cmd(
     console.print(table)
 
 
+@eval_app.command("prompts")
+@one_line_errors
+def eval_prompts_cmd(
+    data: Annotated[Path, typer.Option(help="Test prompts JSONL (prompt, label, source).")],
+    monitor: Annotated[str, typer.Option(help="Monitor folder with a prompt head, or 'bundled'.")],
+    val: Annotated[
+        Path | None, typer.Option(help="Validation prompts: choose the threshold on them first.")
+    ] = None,
+    max_fpr: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Benign false-positive rate allowed on --val.")
+    ] = 0.1,
+    save: Annotated[
+        bool, typer.Option(help="Write the chosen threshold into the monitor's config.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """The prompt head as a request filter: recall on harmful prompts, false positives on benign ones.
+
+    Example: saffron eval prompts --data prompts_test.jsonl --val prompts_val.jsonl --monitor runs/monitor
+    """
+    import json as _json
+
+    from saffron_runtime.bundled import DEFAULT_MONITOR, resolve_bundled
+    from saffron_runtime.jsonl import read_jsonl
+    from saffron_runtime.monitor.model import CONFIG_FILE, load_monitor
+    from saffron_runtime.monitor.prompt_eval import (
+        LabelledPrompt,
+        choose_prompt_theta,
+        prompt_metrics,
+        prompt_scores,
+    )
+
+    _quiet()
+    model = load_monitor(monitor)
+    theta = model.prompt_theta
+    if val is not None:
+        vp = read_jsonl(val, LabelledPrompt)
+        theta = choose_prompt_theta(
+            prompt_scores(model, vp), [p.label for p in vp], max_fpr=max_fpr
+        )
+        if save:
+            cfg_path = resolve_bundled(monitor, DEFAULT_MONITOR) / CONFIG_FILE
+            cfg = _json.loads(cfg_path.read_text())
+            cfg["prompt_theta"] = theta
+            cfg_path.write_text(_json.dumps(cfg, indent=2) + "\n")
+    test = read_jsonl(data, LabelledPrompt)
+    metrics = prompt_metrics(prompt_scores(model, test), test, theta)
+    if as_json:
+        print(_json.dumps(metrics))
+        return
+    table = Table(title=f"prompt head of {monitor} on {data}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+
+
 @eval_app.command("mrm")
 @one_line_errors
 def eval_mrm_cmd(

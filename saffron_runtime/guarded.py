@@ -52,8 +52,10 @@ class GuardedGeneration:
         stop_event: threading.Event | None = None,
         constraint: Grammar | None = None,
         prefill_ids: Sequence[int] = (),
+        check_prompt: bool = False,
     ) -> None:
         self.engine = engine
+        self.check_prompt = check_prompt  # judge the request with the monitor's prompt head first
         self.prefill_ids = list(
             prefill_ids
         )  # forced after the prompt; the monitor sees what follows
@@ -65,7 +67,20 @@ class GuardedGeneration:
         self.constraint = constraint
         self.outcome = GuardedOutcome()
 
+    def _prompt_verdict(self) -> Verdict | None:
+        check = getattr(self.monitor, "check_prompt", None)
+        if not self.check_prompt or check is None or not self.monitor.has_prompt_head():  # type: ignore[union-attr]
+            return None
+        return check(self.prompt_text)
+
     def __iter__(self) -> Iterator[str]:
+        verdict = self._prompt_verdict()
+        if verdict is not None:  # refused before a single token is generated
+            self.outcome.stats = SearchStats(
+                method=self.config.method, stopped=True, stop_reason="prompt"
+            )
+            self._block(verdict)
+            return
         needs_text = self.config.method in ("saffron", "prm_beam", "best_of_n")
         stream = self.engine.stream(
             self.prompt_ids,

@@ -51,8 +51,16 @@ class SCMMonitor:
         """A session with its own KV cache."""
         return SCMSession(self.model, prompt, rule=self.rule, hold_back=self.hold_back)
 
-    def check_prompt(self, prompt: str, theta: float = 0.5) -> Verdict | None:
-        """Judge the request before generation with the prompt head (None when it looks safe)."""
+    def has_prompt_head(self) -> bool:
+        """True when this monitor can judge requests before generation."""
+        return self.model.prompt_head is not None
+
+    def check_prompt(self, prompt: str, theta: float | None = None) -> Verdict | None:
+        """Judge the request before generation with the prompt head (None when it looks safe).
+
+        ``theta`` defaults to the threshold saved with the monitor (chosen on validation prompts).
+        """
+        theta = self.model.prompt_theta if theta is None else theta
         score = self.model.prompt_score(prompt)
         if score >= theta:
             return Verdict(

@@ -43,8 +43,12 @@ class SCMMonitorModel(torch.nn.Module):
         hold_back: int = 0,
         backbone_ref: str = "",
         metadata: dict[str, Any] | None = None,
+        prompt_theta: float = 0.5,
     ) -> None:
         super().__init__()
+        self.prompt_theta = (
+            prompt_theta  # P(harmful request) at or above which the prompt head flags
+        )
         hidden = int(backbone.config.hidden_size)
         self.backbone = backbone
         self.tokenizer = tokenizer
@@ -140,6 +144,7 @@ def save_monitor(
         "adapter": has_adapter,
         "rule": monitor.rule.model_dump(),
         "hold_back": monitor.hold_back,
+        "prompt_theta": monitor.prompt_theta,
         "input": "chat template (user prompt + assistant header) followed by response token ids",
         "labels": "index 1 = harmful",
         "metadata": monitor.metadata,
@@ -173,6 +178,10 @@ def load_monitor(
     if not (p / HEADS_FILE).is_file():
         raise ModelLoadError(f"{p} has no {HEADS_FILE}; the monitor folder is incomplete")
     validate_safetensors(p / HEADS_FILE)
+    if cfg.get("adapter") and backbone is not None:
+        # a LoRA monitor would inject its adapter into the caller's model (often the policy itself):
+        # it gets its own copy of the backbone instead
+        backbone = None
     if backbone is None:
         loaded = load_policy(cfg["backbone"], tokenizer=tokenizer, dtype=dtype)
         backbone, tokenizer = loaded.model, loaded.tokenizer
@@ -195,6 +204,7 @@ def load_monitor(
         hold_back=int(cfg.get("hold_back", 0)),
         backbone_ref=cfg["backbone"],
         metadata=cfg.get("metadata", {}),
+        prompt_theta=float(cfg.get("prompt_theta", 0.5)),
     )
     heads = load_file(str(p / HEADS_FILE))
     missing = monitor.load_state_dict(heads, strict=False)
