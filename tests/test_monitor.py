@@ -195,7 +195,8 @@ def test_classifier_monitor_sliding_window(tiny):
 def test_sixteen_concurrent_streams_match_their_solo_verdicts(monitor_model):
     texts = [f"{w} the plan {i} café make" * 2 for i, w in enumerate(["bomb", "cake", "water", "help"] * 4)]
     solo_scores = [max(whole(monitor_model, t)[0].token_scores) for t in texts]
-    theta = sorted(solo_scores)[8]  # about half the streams fire
+    ranked = sorted(solo_scores)  # about half the streams fire; theta sits between two scores, so
+    theta = (ranked[7] + ranked[8]) / 2  # float noise of 1e-7 cannot move a stream across it
     rule = MonitorRule(name="delay-k", theta=theta, k=1)
     solo = [whole(monitor_model, t, rule)[1] for t in texts]
     assert 6 <= sum(v is not None for v in solo) <= 10

@@ -199,6 +199,10 @@ def save_mrm(
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     mrm.model.save_pretrained(str(out))
+    cfg_path = out / ADAPTER_CONFIG  # record the base as given, not this machine's cache path
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = base
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     if mrm.unseen_mask is not None:
         save_file(
             {"mask": mrm.unseen_mask.to(torch.bool).contiguous()}, str(out / UNSEEN_MASK_FILES[0])
