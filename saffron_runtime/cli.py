@@ -452,6 +452,7 @@ def train_monitor_cmd(
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Responses per step.")] = 8,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train a streaming monitor with dual supervision; resumes from OUT/checkpoints.
@@ -475,6 +476,7 @@ def train_monitor_cmd(
         lr=lr,
         epochs=epochs,
         batch_size=batch_size,
+        max_steps=max_steps,
         checkpoint_every=checkpoint_every,
         seed=seed,
     )

@@ -199,9 +199,11 @@ def save_mrm(
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     mrm.model.save_pretrained(str(out))
-    cfg_path = out / ADAPTER_CONFIG  # record the base as given, not this machine's cache path
+    # peft looks base_model_name_or_path up on the Hub when it is not a local folder, and a cache path
+    # is this machine's only: the base is recorded in saffron_mrm.json and left empty here otherwise
+    cfg_path = out / ADAPTER_CONFIG
     cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = base
+    cfg["base_model_name_or_path"] = base if Path(base).expanduser().is_dir() else ""
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     if mrm.unseen_mask is not None:
         save_file(

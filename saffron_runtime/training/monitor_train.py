@@ -264,6 +264,8 @@ def train_monitor(
     feature_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     steps_per_epoch = (len(encoded) + config.batch_size - 1) // config.batch_size
     total = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
     ckpt_dir = config.out / "checkpoints"
     step, losses = 0, []
     last = latest_checkpoint(ckpt_dir)
