@@ -74,6 +74,7 @@ class MonitorTrainConfig(Settings):
     w_logic: float = Field(1.0, ge=0)
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
     licences: str = Field("", description="licences of the base model and data, for the model card")
 
 
