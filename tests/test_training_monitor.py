@@ -107,3 +107,17 @@ def test_heads_variant_leaves_the_backbone_untouched(tmp_path, files, tiny):
                   base=base, progress=False)
     after = base.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_max_steps_stops_early_and_top_layers_limits_lora(tmp_path, files, tiny):
+    from peft.tuners.lora import LoraLayer
+
+    base = LoadedModel(tiny_causal_lm(len(tiny.tokenizer), seed=4), tiny.tokenizer, "tiny")
+    n_layers = base.model.config.num_hidden_layers
+    mon = train_monitor(MonitorTrainConfig(data=files["train"], out=tmp_path / "l", base="tiny", variant="lora",
+                                           epochs=3, batch_size=2, max_steps=2, top_layers=1),
+                        base=base, progress=False)
+    assert mon.metadata["steps"] == 2
+    lora_layers = {name.split(".layers.")[1].split(".")[0] for name, m in mon.backbone.named_modules()
+                   if isinstance(m, LoraLayer)}
+    assert lora_layers == {str(n_layers - 1)}
