@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from importlib import metadata
@@ -149,7 +150,6 @@ def generate(
 
     Example: saffron generate --prompt "How do I bake bread?" --method saffron --mrm runs/mrm --budget 4
     """
-    import json as _json
 
     from saffron_runtime.guarded import GuardedGeneration
     from saffron_runtime.models.loading import load_policy
@@ -184,7 +184,7 @@ def generate(
     stats = (o.result.stats if o.result else o.stats).to_dict()  # type: ignore[union-attr]
     if as_json:
         print(
-            _json.dumps(
+            json.dumps(
                 {
                     "text": o.released,
                     "blocked": o.blocked,
@@ -204,6 +204,19 @@ def generate(
         )
 
 
+def _print_metrics(metrics: dict[str, Any], title: str, as_json: bool) -> None:
+    """One JSON object (``--json``) or a two-column table."""
+    if as_json:
+        print(json.dumps(metrics))
+        return
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
 eval_app = typer.Typer(help="Evaluate monitors and guarded generation.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
@@ -221,7 +234,6 @@ def eval_monitor_cmd(
 
     Example: saffron eval monitor --data test.jsonl --monitor runs/monitor --json
     """
-    import json as _json
 
     from saffron_runtime.monitor.adapters import SCMMonitor
     from saffron_runtime.monitor.evaluate import evaluate_monitor
@@ -229,15 +241,7 @@ def eval_monitor_cmd(
 
     _quiet()
     metrics = evaluate_monitor(data, SCMMonitor(load_monitor(monitor)))
-    if as_json:
-        print(_json.dumps(metrics))
-        return
-    table = Table(title=f"monitor {monitor} on {data}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, f"{v:.4f}")
-    console.print(table)
+    _print_metrics(metrics, f"monitor {monitor} on {data}", as_json)
 
 
 @eval_app.command("prompts")
@@ -260,7 +264,6 @@ def eval_prompts_cmd(
 
     Example: saffron eval prompts --data prompts_test.jsonl --val prompts_val.jsonl --monitor runs/monitor
     """
-    import json as _json
 
     from saffron_runtime.bundled import DEFAULT_MONITOR, resolve_bundled
     from saffron_runtime.jsonl import read_jsonl
@@ -282,20 +285,12 @@ def eval_prompts_cmd(
         )
         if save:
             cfg_path = resolve_bundled(monitor, DEFAULT_MONITOR) / CONFIG_FILE
-            cfg = _json.loads(cfg_path.read_text())
+            cfg = json.loads(cfg_path.read_text())
             cfg["prompt_theta"] = theta
-            cfg_path.write_text(_json.dumps(cfg, indent=2) + "\n")
+            cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     test = read_jsonl(data, LabelledPrompt)
     metrics = prompt_metrics(prompt_scores(model, test), test, theta)
-    if as_json:
-        print(_json.dumps(metrics))
-        return
-    table = Table(title=f"prompt head of {monitor} on {data}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, f"{v:.4f}")
-    console.print(table)
+    _print_metrics(metrics, f"prompt head of {monitor} on {data}", as_json)
 
 
 @eval_app.command("mrm")
@@ -323,7 +318,6 @@ def eval_mrm_cmd(
 
     Example: saffron eval mrm --data rewards_test.jsonl --mrm runs/mrm --judge-monitor runs/monitor
     """
-    import json as _json
 
     from saffron_runtime.evaluation.mrm_eval import evaluate_mrm
     from saffron_runtime.jsonl import read_jsonl
@@ -339,15 +333,7 @@ def eval_mrm_cmd(
     model = load_mrm(mrm, policy_tokenizer=pol.tokenizer)
     judge = judge_from_monitor(load_monitor(judge_monitor), ema=judge_ema)
     report = evaluate_mrm(model, judge, pol, records, n_prefixes=prefixes, top_p=top_p, seed=seed)
-    if as_json:
-        print(_json.dumps(report.to_dict()))
-        return
-    table = Table(title=f"MRM {mrm} against its judge on {data}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in report.to_dict().items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    console.print(table)
+    _print_metrics(report.to_dict(), f"MRM {mrm} against its judge on {data}", as_json)
 
 
 LoraR = Annotated[int, typer.Option(help="LoRA rank.")]
