@@ -67,7 +67,9 @@ def build_agent(test: bool = False) -> tuple[Any, SaffronGuardrailMiddleware]:
     policy = model.engine.policy
     monitor = SCMMonitor(load_monitor("bundled", backbone=policy.model, tokenizer=policy.tokenizer))
     guard = SaffronGuardrailMiddleware(monitor, on_violation="refuse", check_prompts=False)
-    agent = create_agent(model, tools=[web_search, local_time], middleware=[ForceFirstTool(), guard])
+    agent = create_agent(
+        model, tools=[web_search, local_time], middleware=[ForceFirstTool(), guard]
+    )
     return agent, guard
 
 
@@ -89,7 +91,11 @@ def main() -> None:
     """Print the conversation and the guard's verdicts."""
     out = run(test="--test" in sys.argv)
     for m in out["messages"]:
-        calls = f" tool_calls={[c['name'] for c in m.tool_calls]}" if getattr(m, "tool_calls", None) else ""
+        calls = (
+            f" tool_calls={[c['name'] for c in m.tool_calls]}"
+            if getattr(m, "tool_calls", None)
+            else ""
+        )
         print(f"{m.type:>5}: {m.content!r}{calls}")
     print(f"verdicts: {out['verdicts']}")
 
