@@ -22,7 +22,7 @@ from saffron_runtime.errors import ConfigError, ModelLoadError, TokenizerMismatc
 from saffron_runtime.models.loading import load_policy
 from saffron_runtime.models.mrm import MRMTemplate, MultifurcationRewardModel
 from saffron_runtime.models.vocab import check_vocab_compatible
-from saffron_runtime.models.weights import load_tensor_file, validate_safetensors
+from saffron_runtime.models.weights import load_tensor_file, set_adapter_base, validate_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -199,12 +199,7 @@ def save_mrm(
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     mrm.model.save_pretrained(str(out))
-    # peft looks base_model_name_or_path up on the Hub when it is not a local folder, and a cache path
-    # is this machine's only: the base is recorded in saffron_mrm.json and left empty here otherwise
-    cfg_path = out / ADAPTER_CONFIG
-    cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = base if Path(base).expanduser().is_dir() else ""
-    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    set_adapter_base(out, base)
     if mrm.unseen_mask is not None:
         save_file(
             {"mask": mrm.unseen_mask.to(torch.bool).contiguous()}, str(out / UNSEEN_MASK_FILES[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -109,3 +110,15 @@ def load_tensor_file(path: str | Path) -> torch.Tensor:
     if not isinstance(obj, torch.Tensor):
         raise ModelLoadError(f"{p} holds a {type(obj).__name__}, not a tensor")
     return obj
+
+
+def set_adapter_base(folder: str | os.PathLike[str], base: str) -> None:
+    """Record ``base`` in a saved PEFT adapter's config when it is a local folder, else leave it empty.
+
+    peft looks ``base_model_name_or_path`` up on the Hub when it is not a local folder (there is no
+    Hub here), and a cache path is this machine's only; our own metadata names the base instead.
+    """
+    cfg_path = Path(folder) / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = base if base and Path(base).expanduser().is_dir() else ""
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from saffron_runtime.errors import ModelLoadError
 from saffron_runtime.models.chat import chat_prompt_ids
 from saffron_runtime.models.loading import load_policy
-from saffron_runtime.models.weights import validate_safetensors
+from saffron_runtime.models.weights import set_adapter_base, validate_safetensors
 from saffron_runtime.monitor.rules import MonitorRule
 
 FORMAT = "saffron-monitor/1"
@@ -136,6 +136,7 @@ def save_monitor(
     has_adapter = hasattr(monitor.backbone, "peft_config")
     if has_adapter:
         monitor.backbone.save_pretrained(str(out / ADAPTER_DIR))
+        set_adapter_base(out / ADAPTER_DIR, backbone_ref or monitor.backbone_ref)
     cfg = {
         "format": FORMAT,
         "backbone": backbone_ref or monitor.backbone_ref,
