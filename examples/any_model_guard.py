@@ -2,9 +2,11 @@
 
 ``PlainHFChat`` below is the kind of small chat model people write over Hugging Face ``generate``
 (it knows nothing about Saffron). Adding ``SaffronGuardCallbackHandler`` to ``callbacks`` streams its
-tokens through the bundled partial-detection monitor; when the monitor fires, the handler raises
+tokens through a bundled partial-detection monitor (its LoRA variant); when the monitor fires, the handler raises
 ``GuardrailViolation`` from inside the token callback, so the chunk that tipped it is never yielded
-and the model's generation thread is told to stop.
+and the model's generation thread is told to stop. A callback cannot hold text back: the firing token
+itself went out with its chunk, and the monitor is sure where that token ends only when the next piece
+of text arrives, so the stream stops right after the chunk holding the firing token.
 
 The harmful case asks the model to repeat a violent forum post word for word (the way harmful text
 gets laundered through "just repeat this" requests); SmolLM2 complies, and the guard stops the stream
@@ -30,6 +32,7 @@ from pydantic import ConfigDict
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from langchain_saffron import GuardrailViolation, SaffronGuardCallbackHandler
+from saffron_runtime.bundled import MONITOR_LORA, bundled_path
 from saffron_runtime.models.loading import load_policy
 from saffron_runtime.monitor import SCMMonitor, load_monitor
 
@@ -124,7 +127,9 @@ class PlainHFChat(BaseChatModel):
 def run(test: bool = False) -> dict[str, Any]:
     """Stream a benign and a harmful request through the guard; return what each showed."""
     policy = load_policy("smollm2", chat=True)
-    monitor = SCMMonitor(load_monitor("bundled", backbone=policy.model, tokenizer=policy.tokenizer))
+    # the LoRA variant of the bundled monitor: higher recall than the default heads-only one, and it is
+    # the one that catches SmolLM2 repeating the post (see both model cards)
+    monitor = SCMMonitor(load_monitor(bundled_path(MONITOR_LORA)))
     guard = SaffronGuardCallbackHandler(monitor)
     out: dict[str, Any] = {}
     for name, prompt in (("benign", BENIGN), ("harmful", HARMFUL)):
@@ -141,7 +146,12 @@ def run(test: bool = False) -> dict[str, Any]:
         except GuardrailViolation as e:
             verdict = e.verdict
         unguarded = "".join(c.text for c in chat.stream(prompt))  # the same model, no guard
-        out[name] = {"shown": "".join(shown), "verdict": verdict, "unguarded": unguarded}
+        out[name] = {
+            "shown": "".join(shown),
+            "chunks": shown,
+            "verdict": verdict,
+            "unguarded": unguarded,
+        }
     return out
 
 

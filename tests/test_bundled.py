@@ -81,3 +81,19 @@ def test_chat_saffron_defaults_use_the_bundled_models(smollm2):
     assert meta["stats"]["method"] == "saffron" and meta["stats"]["reward_forwards"] > 0
     greedy = ChatSaffron(policy=smollm2, method="greedy", monitor=None)
     assert greedy.engine.mrm is None and greedy._monitor is None  # nothing loaded that is not used
+
+
+def test_bundled_lora_monitor_ships_with_its_card_and_never_touches_the_policy(smollm2):
+    import torch
+
+    from saffron_runtime.bundled import MONITOR_LORA
+
+    assert MONITOR_LORA in bundled_models()
+    card = (bundled_path(MONITOR_LORA) / "README.md").read_text()
+    for section in ("Reproduce", "Wall time", "Test split", "Licences", "Limits"):
+        assert section in card
+    before = smollm2.model.model.layers[-1].self_attn.q_proj.weight.clone()
+    mon = load_monitor(bundled_path(MONITOR_LORA), backbone=smollm2.model, tokenizer=smollm2.tokenizer)
+    assert mon.backbone is not smollm2.model and not hasattr(smollm2.model, "peft_config")
+    assert torch.equal(before, smollm2.model.model.layers[-1].self_attn.q_proj.weight)
+    assert mon.rule.name == "delay-k" and mon.metadata["variant"] == "lora"
