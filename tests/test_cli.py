@@ -46,11 +46,11 @@ def test_demo_runs_three_prompts_through_three_modes_on_smollm2(smollm2, monkeyp
     monkeypatch.setattr(cli.console, "width", 300)
     res = runner.invoke(app, ["demo", "--prompt", "Name a colour.", "--max-new-tokens", "6", "--budget", "2"])
     assert res.exit_code == 0, res.output
-    for col in ("unguarded (greedy)", "Saffron search", "unguarded + streaming monitor", "prefilling attack"):
-        assert col in res.output
-    assert res.output.count("reward calls") == 6  # stats under every unguarded and Saffron answer
+    assert "Saffron search" in res.output and "total" in res.output
     rows = run_demo(cli.console, prompt="Name a colour.", max_new_tokens=4, budget=2)
     assert [r.prefill != "" for r in rows] == [False, False, True]
+    assert all("reward calls" in r.unguarded and "reward calls" in r.saffron for r in rows)  # stats shown
+    assert all(" 0 reward calls" in r.unguarded and " 0 reward calls" not in r.saffron for r in rows)
     assert all("monitor did not fire" in r.watched or "stopped at token" in r.watched for r in rows)
 
 
