@@ -152,9 +152,10 @@ class ChatSaffron(BaseChatModel):
             if m is None:
                 return None
         if m == BUNDLED:  # the shipped SmolLM2 monitor, on the policy's own backbone
-            check_vocab_compatible(
-                policy.tokenizer, smollm2_tokenizer(), what="bundled SmolLM2 monitor"
-            )
+            if self.monitor == BUNDLED:  # "auto" has already compared the vocabularies
+                check_vocab_compatible(
+                    policy.tokenizer, smollm2_tokenizer(), what="bundled SmolLM2 monitor"
+                )
             return SCMMonitor(
                 load_monitor(BUNDLED, backbone=policy.model, tokenizer=policy.tokenizer)
             )
