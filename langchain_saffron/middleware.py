@@ -33,7 +33,7 @@ from saffron_runtime.errors import (
     Verdict,
     validate_on_violation,
 )
-from saffron_runtime.monitor.adapters import StreamingMonitor
+from saffron_runtime.monitor.adapters import StreamingMonitor, prompt_checker
 
 TOOL_NOTICE = "[tool result withheld by the guardrail: {reason}]"
 
@@ -153,10 +153,8 @@ class SaffronGuardrailMiddleware(AgentMiddleware):
     @hook_config(can_jump_to=["end"])
     def before_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
         """Refuse before generation when the prompt head judges the latest user input harmful."""
-        check = getattr(self.monitor, "check_prompt", None)
-        if not self.check_prompts or check is None:
-            return None
-        if getattr(getattr(self.monitor, "model", None), "prompt_head", None) is None:
+        check = prompt_checker(self.monitor) if self.check_prompts else None
+        if check is None:
             return None
         humans = [m for m in state["messages"] if m.type == "human"]
         if not humans or state["messages"][-1].type != "human":

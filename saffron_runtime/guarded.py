@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from saffron_runtime.constraints import Grammar
 from saffron_runtime.errors import Verdict
-from saffron_runtime.monitor.adapters import StreamingMonitor
+from saffron_runtime.monitor.adapters import StreamingMonitor, prompt_checker
 from saffron_runtime.monitor.session import MonitorSession
 from saffron_runtime.search.config import SearchConfig
 from saffron_runtime.search.engine import SearchEngine
@@ -68,10 +68,8 @@ class GuardedGeneration:
         self.outcome = GuardedOutcome()
 
     def _prompt_verdict(self) -> Verdict | None:
-        check = getattr(self.monitor, "check_prompt", None)
-        if not self.check_prompt or check is None or not self.monitor.has_prompt_head():  # type: ignore[union-attr]
-            return None
-        return check(self.prompt_text)
+        check = prompt_checker(self.monitor) if self.check_prompt else None
+        return check(self.prompt_text) if check is not None else None
 
     def __iter__(self) -> Iterator[str]:
         verdict = self._prompt_verdict()

@@ -238,3 +238,10 @@ class ClassifierMonitor:
             fail_open=self.fail_open,
             name="classifier",
         )
+
+
+def prompt_checker(monitor: object) -> Callable[..., Verdict | None] | None:
+    """The monitor's ``check_prompt`` when it can judge requests (it has a prompt head), else None."""
+    check = getattr(monitor, "check_prompt", None)
+    has_head = getattr(monitor, "has_prompt_head", None)
+    return check if check is not None and has_head is not None and has_head() else None
