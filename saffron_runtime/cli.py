@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from saffron_runtime.cli_eval import eval_app
+from saffron_runtime.cli_support import console, one_line_errors, quiet
 from saffron_runtime.errors import SaffronError
 
 app = typer.Typer(
@@ -23,9 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
+app.add_typer(eval_app, name="eval")
 
 
 def _version() -> str:
@@ -33,28 +30,6 @@ def _version() -> str:
         return metadata.version("langchain-saffron")
     except metadata.PackageNotFoundError:  # running from a source tree without install
         return "0+unknown"
-
-
-def one_line_errors(fn: F) -> F:
-    """Turn SaffronError into one red line on stderr and exit code 2, instead of a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SaffronError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _quiet() -> None:
-    """Silence transformers' per-load progress bars so command output stays readable (and JSON clean)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def _version_callback(value: bool) -> None:
@@ -119,7 +94,7 @@ def demo(
     """
     from saffron_runtime.demo import run_demo
 
-    _quiet()
+    quiet()
     run_demo(console, prompt=prompt, max_new_tokens=max_new_tokens, budget=budget)
 
 
@@ -128,7 +103,11 @@ def demo(
 def generate(
     prompt: Annotated[str, typer.Option(help="The user prompt.")],
     method: Annotated[
-        str, typer.Option(help="saffron | best_of_n | prm_beam | greedy (unguarded).")
+        str,
+        typer.Option(
+            help="saffron | best_of_n | prm_beam (both ranked by the monitor's response head) | "
+            "unguarded (greedy)."
+        ),
     ] = "saffron",
     budget: Annotated[int, typer.Option(help="Frontier width (saffron, prm_beam).")] = 4,
     num_samples: Annotated[int, typer.Option(help="N of Best-of-N.")] = 8,
@@ -155,12 +134,12 @@ def generate(
     from saffron_runtime.models.loading import load_policy
     from saffron_runtime.models.mrm_io import load_mrm
     from saffron_runtime.models.smollm2 import speaks_smollm2
-    from saffron_runtime.monitor.adapters import SCMMonitor
+    from saffron_runtime.monitor.adapters import SCMMonitor, response_head_prm
     from saffron_runtime.monitor.model import load_monitor
     from saffron_runtime.search.config import SearchConfig
     from saffron_runtime.search.engine import SearchEngine
 
-    _quiet()
+    quiet()
     cfg = SearchConfig(
         method=method if method != "unguarded" else "greedy",
         budget=budget,
@@ -169,12 +148,19 @@ def generate(
     )
     pol = load_policy(policy, chat=True)
     needs_mrm = method == "saffron"
-    engine = SearchEngine(pol, load_mrm(mrm, policy_tokenizer=pol.tokenizer) if needs_mrm else None)
-    watcher = None
-    if monitor.lower() != "none":  # the bundled monitor reads the policy's own hidden states
-        same = monitor == "bundled" and speaks_smollm2(pol.tokenizer)
+    needs_judge = cfg.method in ("prm_beam", "best_of_n")  # ranked by the monitor's response head
+    watcher, judge = None, None
+    if monitor.lower() != "none" or needs_judge:  # the bundled monitor reads the policy's states
+        name = monitor if monitor.lower() != "none" else "bundled"
+        same = name == "bundled" and speaks_smollm2(pol.tokenizer)
         shared = {"backbone": pol.model, "tokenizer": pol.tokenizer} if same else {}
-        watcher = SCMMonitor(load_monitor(monitor, **shared))
+        judge = load_monitor(name, **shared)
+        watcher = SCMMonitor(judge) if monitor.lower() != "none" else None
+    engine = SearchEngine(
+        pol,
+        load_mrm(mrm, policy_tokenizer=pol.tokenizer) if needs_mrm else None,
+        response_head_prm(judge) if needs_judge and judge is not None else None,
+    )
     ids = engine.chat_prompt_ids(prompt)
     gen = GuardedGeneration(engine, watcher, ids, cfg, prompt_text=prompt)
     for delta in gen:
@@ -202,138 +188,6 @@ def generate(
             f"[dim]{stats['policy_tokens']} policy tokens, {stats['reward_forwards']} reward forwards, "
             f"{stats['wall_s']:.1f} s[/]"
         )
-
-
-def _print_metrics(metrics: dict[str, Any], title: str, as_json: bool) -> None:
-    """One JSON object (``--json``) or a two-column table."""
-    if as_json:
-        print(json.dumps(metrics))
-        return
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    console.print(table)
-
-
-eval_app = typer.Typer(help="Evaluate monitors and guarded generation.", no_args_is_help=True)
-app.add_typer(eval_app, name="eval")
-
-
-@eval_app.command("monitor")
-@one_line_errors
-def eval_monitor_cmd(
-    data: Annotated[Path, typer.Option(help="JSONL with prompt, response, label (1 = harmful).")],
-    monitor: Annotated[
-        Path, typer.Option(help="Monitor folder (its saved rule and thresholds are used).")
-    ],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Stream every response through a monitor and report F1, false alarms and how early it stops.
-
-    Example: saffron eval monitor --data test.jsonl --monitor runs/monitor --json
-    """
-
-    from saffron_runtime.monitor.adapters import SCMMonitor
-    from saffron_runtime.monitor.evaluate import evaluate_monitor
-    from saffron_runtime.monitor.model import load_monitor
-
-    _quiet()
-    metrics = evaluate_monitor(data, SCMMonitor(load_monitor(monitor)))
-    _print_metrics(metrics, f"monitor {monitor} on {data}", as_json)
-
-
-@eval_app.command("prompts")
-@one_line_errors
-def eval_prompts_cmd(
-    data: Annotated[Path, typer.Option(help="Test prompts JSONL (prompt, label, source).")],
-    monitor: Annotated[str, typer.Option(help="Monitor folder with a prompt head, or 'bundled'.")],
-    val: Annotated[
-        Path | None, typer.Option(help="Validation prompts: choose the threshold on them first.")
-    ] = None,
-    max_fpr: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Benign false-positive rate allowed on --val.")
-    ] = 0.1,
-    save: Annotated[
-        bool, typer.Option(help="Write the chosen threshold into the monitor's config.")
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """The prompt head as a request filter: recall on harmful prompts, false positives on benign ones.
-
-    Example: saffron eval prompts --data prompts_test.jsonl --val prompts_val.jsonl --monitor runs/monitor
-    """
-
-    from saffron_runtime.bundled import DEFAULT_MONITOR, resolve_bundled
-    from saffron_runtime.jsonl import read_jsonl
-    from saffron_runtime.monitor.model import CONFIG_FILE, load_monitor
-    from saffron_runtime.monitor.prompt_eval import (
-        LabelledPrompt,
-        choose_prompt_theta,
-        prompt_metrics,
-        prompt_scores,
-    )
-
-    _quiet()
-    model = load_monitor(monitor)
-    theta = model.prompt_theta
-    if val is not None:
-        vp = read_jsonl(val, LabelledPrompt)
-        theta = choose_prompt_theta(
-            prompt_scores(model, vp), [p.label for p in vp], max_fpr=max_fpr
-        )
-        if save:
-            cfg_path = resolve_bundled(monitor, DEFAULT_MONITOR) / CONFIG_FILE
-            cfg = json.loads(cfg_path.read_text())
-            cfg["prompt_theta"] = theta
-            cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-    test = read_jsonl(data, LabelledPrompt)
-    metrics = prompt_metrics(prompt_scores(model, test), test, theta)
-    _print_metrics(metrics, f"prompt head of {monitor} on {data}", as_json)
-
-
-@eval_app.command("mrm")
-@one_line_errors
-def eval_mrm_cmd(
-    data: Annotated[
-        Path, typer.Option(help="Held-out token-level reward JSONL (from `saffron data rewards`).")
-    ],
-    mrm: Annotated[Path, typer.Option(help="MRM adapter folder.")],
-    judge_monitor: Annotated[
-        Path, typer.Option(help="The monitor whose response head made the rewards (the judge).")
-    ],
-    judge_ema: Annotated[float, typer.Option(help="The judge smoothing used for the data.")] = 1.0,
-    policy: Annotated[
-        str, typer.Option(help="Policy whose nucleus gives the children.")
-    ] = "smollm2",
-    prefixes: Annotated[
-        int, typer.Option(min=2, help="Prefixes for the within-prefix ranking.")
-    ] = 200,
-    top_p: Annotated[float, typer.Option(min=0.01, max=1.0, help="Nucleus of the children.")] = 0.9,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Pooled Spearman of MRM vs judge on held-out prefixes, and within-prefix ranking with a 95% CI.
-
-    Example: saffron eval mrm --data rewards_test.jsonl --mrm runs/mrm --judge-monitor runs/monitor
-    """
-
-    from saffron_runtime.evaluation.mrm_eval import evaluate_mrm
-    from saffron_runtime.jsonl import read_jsonl
-    from saffron_runtime.models.loading import load_policy
-    from saffron_runtime.models.mrm_io import load_mrm
-    from saffron_runtime.monitor.model import load_monitor
-    from saffron_runtime.training.judges import judge_from_monitor
-    from saffron_runtime.training.reward_data import TokenRewardRecord
-
-    _quiet()
-    records = read_jsonl(data, TokenRewardRecord)
-    pol = load_policy(policy, chat=True)
-    model = load_mrm(mrm, policy_tokenizer=pol.tokenizer)
-    judge = judge_from_monitor(load_monitor(judge_monitor), ema=judge_ema)
-    report = evaluate_mrm(model, judge, pol, records, n_prefixes=prefixes, top_p=top_p, seed=seed)
-    _print_metrics(report.to_dict(), f"MRM {mrm} against its judge on {data}", as_json)
 
 
 LoraR = Annotated[int, typer.Option(help="LoRA rank.")]

@@ -44,8 +44,10 @@ class SCMMonitorModel(torch.nn.Module):
         backbone_ref: str = "",
         metadata: dict[str, Any] | None = None,
         prompt_theta: float = 0.5,
+        response_theta: float = 0.5,
     ) -> None:
         super().__init__()
+        self.response_theta = response_theta  # P(harmful response) at or above which a judge flags
         self.prompt_theta = (
             prompt_theta  # P(harmful request) at or above which the prompt head flags
         )
@@ -102,6 +104,13 @@ class SCMMonitorModel(torch.nn.Module):
         return self.head_scores(hidden[0, len(pre) :])
 
     @torch.no_grad()
+    def response_score(self, prompt: str, response_ids: list[int]) -> float:
+        """Harm probability of a whole response (response head at its last token); 0 when empty."""
+        if not response_ids:
+            return 0.0
+        return float(self.score(prompt, response_ids)[1][-1])
+
+    @torch.no_grad()
     def prompt_score(self, prompt: str) -> float:
         """Harm probability of the request itself (prompt head at the last prefix token)."""
         if self.prompt_head is None:
@@ -146,6 +155,7 @@ def save_monitor(
         "rule": monitor.rule.model_dump(),
         "hold_back": monitor.hold_back,
         "prompt_theta": monitor.prompt_theta,
+        "response_theta": monitor.response_theta,
         "input": "chat template (user prompt + assistant header) followed by response token ids",
         "labels": "index 1 = harmful",
         "metadata": monitor.metadata,
@@ -206,6 +216,7 @@ def load_monitor(
         backbone_ref=cfg["backbone"],
         metadata=cfg.get("metadata", {}),
         prompt_theta=float(cfg.get("prompt_theta", 0.5)),
+        response_theta=float(cfg.get("response_theta", 0.5)),
     )
     heads = load_file(str(p / HEADS_FILE))
     missing = monitor.load_state_dict(heads, strict=False)

@@ -68,6 +68,7 @@ class _Run:
     sessions: list[TrieSession] = field(default_factory=list)
     committed: int = 0
     t0: float = field(default_factory=time.perf_counter)
+    reward_extra: list[int] = field(default_factory=list)  # prefill ids the reward models read
 
 
 def _common_prefix(seqs: Sequence[list[int]]) -> int:
@@ -136,6 +137,12 @@ class SearchEngine:
         self.max_context = int(getattr(policy.model.config, "max_position_embeddings", 0) or 0)
 
     # ------------------------------------------------------------------ entry points
+    def reset_caches(self) -> None:
+        """Empty every trie, so the next search starts cold (its compute counts it alone)."""
+        for cache in (self.policy_cache, self.mrm_cache, self.prm_cache):
+            if cache is not None:
+                cache.clear()
+
     def chat_prompt_ids(self, prompt: str) -> list[int]:
         """Policy prompt ids of a one-turn chat (chat template with the assistant header)."""
         return chat_prompt_ids(self.policy.tokenizer, prompt)
@@ -160,12 +167,15 @@ class SearchEngine:
         prefill_ids: Sequence[int] = (),
         constraint: Grammar | None = None,
         scorer: Scorer | None = None,
+        reward_sees_prefill: bool = False,
     ) -> SearchStream:
         """A streaming search.
 
         ``prompt_text`` is what the reward model reads as the prompt (required for methods that use
         the MRM or PRM). ``prefill_ids`` are forced after the prompt (a prefilling attack): the policy
-        conditions on them, the reward models and the result do not include them.
+        conditions on them; the result does not include them, and the reward models do not read them
+        unless ``reward_sees_prefill`` (then they score the prefill and the continuation as one
+        response, as a judge reading the whole transcript would).
         """
         cfg = config or SearchConfig()
         ids = [int(t) for t in prompt_ids] + [int(t) for t in prefill_ids]
@@ -194,6 +204,7 @@ class SearchEngine:
             stop_event,
             SearchStats(method=cfg.method),
             IncrementalDecoder(self.policy.tokenizer),
+            reward_extra=[int(t) for t in prefill_ids] if reward_sees_prefill else [],
         )
         method = {
             "saffron": self._saffron,
@@ -396,7 +407,8 @@ class SearchEngine:
             run,
             self.mrm_cache,
             self._flops_mrm,
-            self.mrm.template.prompt_ids(self.mrm.tokenizer, prompt_text),
+            self.mrm.template.prompt_ids(self.mrm.tokenizer, prompt_text)
+            + self._mrm_ids(run.reward_extra),
             rsess,
             False,
         )
@@ -669,7 +681,7 @@ class SearchEngine:
         if self.prm is not None:  # a judge: margin at the last token of each sample
             assert self.prm_cache is not None and self._flops_prm is not None
             sess = self._session(run, self.prm_cache)
-            pre = self.prm.prefix_ids(prompt_text)
+            pre = self.prm.prefix_ids(prompt_text) + run.reward_extra
             out = []
             for s in samples:
                 o = self._reward_prefill(
@@ -680,7 +692,9 @@ class SearchEngine:
             return out
         assert self.mrm is not None and self.mrm_cache is not None and self._flops_mrm is not None
         sess = self._session(run, self.mrm_cache)
-        pre = self.mrm.template.prompt_ids(self.mrm.tokenizer, prompt_text)
+        pre = self.mrm.template.prompt_ids(self.mrm.tokenizer, prompt_text) + self._mrm_ids(
+            run.reward_extra
+        )
         out = []
         for s in samples:  # MRM reward of each sample's last token given its prefix
             o = self._reward_prefill(
@@ -708,7 +722,12 @@ class SearchEngine:
         psess, qsess = self._session(run, self.policy_cache), self._session(run, self.prm_cache)
         root = self._policy_prefill(run, ids, psess)
         root.rnode = self._reward_prefill(
-            run, self.prm_cache, self._flops_prm, self.prm.prefix_ids(prompt_text), qsess, True
+            run,
+            self.prm_cache,
+            self._flops_prm,
+            self.prm.prefix_ids(prompt_text) + run.reward_extra,
+            qsess,
+            True,
         ).nodes[0]
         root.constraint = constraint.start() if constraint else None
         frontier, pool = [root], []

@@ -1,0 +1,355 @@
+"""``saffron eval``: monitor quality, the prompt and response heads, the MRM, the independent judges,
+and attack success against compute."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from saffron_runtime.cli_support import console, one_line_errors, print_metrics, quiet
+
+eval_app = typer.Typer(help="Evaluate monitors and guarded generation.", no_args_is_help=True)
+
+
+@eval_app.command("monitor")
+@one_line_errors
+def eval_monitor_cmd(
+    data: Annotated[Path, typer.Option(help="JSONL with prompt, response, label (1 = harmful).")],
+    monitor: Annotated[
+        Path, typer.Option(help="Monitor folder (its saved rule and thresholds are used).")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Stream every response through a monitor and report F1, false alarms and how early it stops.
+
+    Example: saffron eval monitor --data test.jsonl --monitor runs/monitor --json
+    """
+
+    from saffron_runtime.monitor.adapters import SCMMonitor
+    from saffron_runtime.monitor.evaluate import evaluate_monitor
+    from saffron_runtime.monitor.model import load_monitor
+
+    quiet()
+    metrics = evaluate_monitor(data, SCMMonitor(load_monitor(monitor)))
+    print_metrics(metrics, f"monitor {monitor} on {data}", as_json)
+
+
+@eval_app.command("prompts")
+@one_line_errors
+def eval_prompts_cmd(
+    data: Annotated[Path, typer.Option(help="Test prompts JSONL (prompt, label, source).")],
+    monitor: Annotated[str, typer.Option(help="Monitor folder with a prompt head, or 'bundled'.")],
+    val: Annotated[
+        Path | None, typer.Option(help="Validation prompts: choose the threshold on them first.")
+    ] = None,
+    max_fpr: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Benign false-positive rate allowed on --val.")
+    ] = 0.1,
+    save: Annotated[
+        bool, typer.Option(help="Write the chosen threshold into the monitor's config.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """The prompt head as a request filter: recall on harmful prompts, false positives on benign ones.
+
+    Example: saffron eval prompts --data prompts_test.jsonl --val prompts_val.jsonl --monitor runs/monitor
+    """
+
+    from saffron_runtime.bundled import DEFAULT_MONITOR, resolve_bundled
+    from saffron_runtime.jsonl import read_jsonl
+    from saffron_runtime.monitor.model import CONFIG_FILE, load_monitor
+    from saffron_runtime.monitor.prompt_eval import (
+        LabelledPrompt,
+        choose_prompt_theta,
+        prompt_metrics,
+        prompt_scores,
+    )
+
+    quiet()
+    model = load_monitor(monitor)
+    theta = model.prompt_theta
+    if val is not None:
+        vp = read_jsonl(val, LabelledPrompt)
+        theta = choose_prompt_theta(
+            prompt_scores(model, vp), [p.label for p in vp], max_fpr=max_fpr
+        )
+        if save:
+            cfg_path = resolve_bundled(monitor, DEFAULT_MONITOR) / CONFIG_FILE
+            cfg = json.loads(cfg_path.read_text())
+            cfg["prompt_theta"] = theta
+            cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    test = read_jsonl(data, LabelledPrompt)
+    metrics = prompt_metrics(prompt_scores(model, test), test, theta)
+    print_metrics(metrics, f"prompt head of {monitor} on {data}", as_json)
+
+
+@eval_app.command("mrm")
+@one_line_errors
+def eval_mrm_cmd(
+    data: Annotated[
+        Path, typer.Option(help="Held-out token-level reward JSONL (from `saffron data rewards`).")
+    ],
+    mrm: Annotated[Path, typer.Option(help="MRM adapter folder.")],
+    judge_monitor: Annotated[
+        Path, typer.Option(help="The monitor whose response head made the rewards (the judge).")
+    ],
+    judge_ema: Annotated[float, typer.Option(help="The judge smoothing used for the data.")] = 1.0,
+    policy: Annotated[
+        str, typer.Option(help="Policy whose nucleus gives the children.")
+    ] = "smollm2",
+    prefixes: Annotated[
+        int, typer.Option(min=2, help="Prefixes for the within-prefix ranking.")
+    ] = 200,
+    top_p: Annotated[float, typer.Option(min=0.01, max=1.0, help="Nucleus of the children.")] = 0.9,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Pooled Spearman of MRM vs judge on held-out prefixes, and within-prefix ranking with a 95% CI.
+
+    Example: saffron eval mrm --data rewards_test.jsonl --mrm runs/mrm --judge-monitor runs/monitor
+    """
+
+    from saffron_runtime.evaluation.mrm_eval import evaluate_mrm
+    from saffron_runtime.jsonl import read_jsonl
+    from saffron_runtime.models.loading import load_policy
+    from saffron_runtime.models.mrm_io import load_mrm
+    from saffron_runtime.monitor.model import load_monitor
+    from saffron_runtime.training.judges import judge_from_monitor
+    from saffron_runtime.training.reward_data import TokenRewardRecord
+
+    quiet()
+    records = read_jsonl(data, TokenRewardRecord)
+    pol = load_policy(policy, chat=True)
+    model = load_mrm(mrm, policy_tokenizer=pol.tokenizer)
+    judge = judge_from_monitor(load_monitor(judge_monitor), ema=judge_ema)
+    report = evaluate_mrm(model, judge, pol, records, n_prefixes=prefixes, top_p=top_p, seed=seed)
+    print_metrics(report.to_dict(), f"MRM {mrm} against its judge on {data}", as_json)
+
+
+@eval_app.command("responses")
+@one_line_errors
+def eval_responses_cmd(
+    val: Annotated[Path, typer.Option(help="Validation JSONL with prompt, response, label.")],
+    monitor: Annotated[str, typer.Option(help="Monitor folder, or 'bundled'.")] = "bundled",
+    save: Annotated[
+        bool, typer.Option(help="Write the chosen threshold into the monitor's config.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Choose the response head's threshold (the attack evaluation's learned judge) on validation.
+
+    Example: saffron eval responses --val runs/data/monitor_val.jsonl --monitor bundled --save
+    """
+    from saffron_runtime.bundled import DEFAULT_MONITOR, resolve_bundled
+    from saffron_runtime.jsonl import read_jsonl
+    from saffron_runtime.monitor.model import CONFIG_FILE, load_monitor
+    from saffron_runtime.monitor.response_eval import choose_response_theta, response_scores
+    from saffron_runtime.training.monitor_train import MonitorRecord
+
+    quiet()
+    model = load_monitor(monitor)
+    recs = read_jsonl(val, MonitorRecord)
+    scores = response_scores(model, [r.prompt for r in recs], [r.response for r in recs])
+    theta, f1 = choose_response_theta(scores, [r.label for r in recs])
+    if save:
+        cfg_path = resolve_bundled(monitor, DEFAULT_MONITOR) / CONFIG_FILE
+        cfg = json.loads(cfg_path.read_text())
+        cfg["response_theta"] = theta
+        cfg.setdefault("metadata", {})["response_theta_val_macro_f1"] = f1
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    print_metrics({"response_theta": theta, "val_macro_f1": f1, "n": len(recs)}, str(val), as_json)
+
+
+@eval_app.command("train-judges")
+@one_line_errors
+def train_judges_cmd(
+    out: Annotated[Path, typer.Option(help="Folder for the harm/ and refusal/ judges.")],
+    data_dir: Annotated[Path, typer.Option(help="The shared data folder.")] = Path(
+        "../shared/data"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Train the independent judges (MiniLM + logistic regression): harm on PyRIT, refusal on XSTest.
+
+    Example: saffron eval train-judges --out saffron_runtime/bundled/saffron-judges-minilm
+    """
+    from saffron_runtime.evaluation.text_judges import report_dict, train_judges
+
+    quiet()
+    with console.status("embedding the labelled responses with MiniLM and fitting"):
+        report = train_judges(data_dir, out)
+    if as_json:
+        print(json.dumps(report_dict(report)))
+    else:
+        for name, card in report_dict(report).items():
+            print_metrics(
+                {k: v for k, v in card.items() if isinstance(v, float | int)}, name, False
+            )
+
+
+def _ints(spec: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        from saffron_runtime.errors import ConfigError
+
+        raise ConfigError(f"{option} {spec!r}: give comma-separated integers, e.g. 2,4,8") from None
+
+
+@eval_app.command("attack")
+@one_line_errors
+def eval_attack_cmd(
+    prompts: Annotated[
+        Path, typer.Option(help="Harmful prompts JSONL: id, prompt, optional target.")
+    ],
+    prefill: Annotated[
+        int, typer.Option(min=0, help="Force the first N tokens of a harmful reference start.")
+    ] = 0,
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated: unguarded,best_of_n,prm_beam,saffron.")
+    ] = "unguarded,best_of_n,prm_beam,saffron",
+    budgets: Annotated[str, typer.Option(help="Budgets of every method, e.g. 2,4,8.")] = "2,4,8",
+    bon_n: Annotated[
+        str | None, typer.Option(help="N of Best-of-N (overrides --budgets for it), e.g. 8,16,32.")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens per answer.")] = 50,
+    benign: Annotated[
+        Path | None, typer.Option(help="Benign prompts JSONL (id, prompt): over-refusal.")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write ASR vs TFLOPs here (PNG).")] = None,
+    policy: Annotated[str, typer.Option(help="Policy: 'smollm2' or a folder.")] = "smollm2",
+    mrm: Annotated[str, typer.Option(help="MRM folder, or 'bundled'.")] = "bundled",
+    monitor: Annotated[
+        str, typer.Option(help="Learned judge (its response head), or 'bundled'.")
+    ] = "bundled",
+    judges: Annotated[
+        str, typer.Option(help="Independent judges folder (train-judges), or 'bundled'.")
+    ] = "bundled",
+    data_dir: Annotated[
+        Path, typer.Option(help="Shared data folder: checks the refusal judges on PyRIT labels.")
+    ] = Path("../shared/data"),
+    cache: Annotated[
+        Path, typer.Option(help="Per-prompt generation cache (resume after an interruption).")
+    ] = Path(".saffron-cache/attack"),
+    limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N prompts.")] = None,
+    reward_sees_prefill: Annotated[
+        bool, typer.Option(help="Show the prefill to the MRM/PRM during search.")
+    ] = False,
+    judges_see_prefill: Annotated[
+        bool, typer.Option(help="Judge the prefill together with the continuation.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Sampling seed (Best-of-N).")] = 0,
+) -> None:
+    """Attack success rate against compute for every method and budget, under three judges.
+
+    Example: saffron eval attack --prompts attack.jsonl --prefill 10 --budgets 2,4,8 --bon-n 8,16,32
+    --benign benign.jsonl --json results.json --plot asr.png
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from saffron_runtime.evaluation.attack import (
+        AttackSettings,
+        load_prompts,
+        method_grid,
+        plot_asr,
+    )
+    from saffron_runtime.evaluation.attack_run import build_harness, report
+
+    quiet()
+    settings = AttackSettings(
+        prefill=prefill,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        reward_sees_prefill=reward_sees_prefill,
+        judges_see_prefill=judges_see_prefill,
+    )
+    grid = method_grid(
+        [m.strip() for m in methods.split(",") if m.strip()],
+        _ints(budgets, "--budgets"),
+        _ints(bon_n, "--bon-n") if bon_n else None,
+    )
+    harmful = load_prompts(prompts, limit)
+    benign_prompts = load_prompts(benign, limit) if benign is not None else []
+    with console.status("loading the policy, the MRM, the learned judge and the MiniLM judges"):
+        harness = build_harness(
+            policy=policy,
+            mrm=mrm if any(s.method == "saffron" for s in grid) else None,
+            monitor=monitor,
+            judges=judges,
+            cache_dir=cache,
+            settings=settings,
+        )
+    benign_grid = (
+        grid
+        if any(s.method == "unguarded" for s in grid)
+        else method_grid(["unguarded"], [1]) + grid
+    )
+    total = len(grid) * len(harmful) + len(benign_grid) * len(benign_prompts)
+    cols = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[what]}"),
+    )
+    with Progress(*cols, console=console) as bar:
+        task = bar.add_task("generating", total=total, what="")
+
+        def step(what: str) -> None:
+            bar.update(task, advance=1, what=what)
+
+        attacked = harness.run(harmful, grid, on_step=step)
+        benign_judged = (
+            harness.run(benign_prompts, benign_grid, attack=False, on_step=step)
+            if benign_prompts
+            else []
+        )
+    out = report(
+        harness, attacked, grid, benign_judged, benign_grid, data_dir=data_dir, prompts=prompts
+    )
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(out, indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+    if plot is not None:
+        plot_asr(out["results"], plot, title=f"{prompts.name}, prefill {prefill}")
+        console.print(f"wrote {plot}")
+    _print_attack(out)
+
+
+def _print_attack(out: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="attack success rate (ASR) against compute")
+    for col in ("method", "budget", "ASR learned", "ASR independent", "ASR strings", "TFLOPs", "n"):
+        table.add_column(col, justify="right")
+    for r in out["results"]:
+        table.add_row(
+            r["method"],
+            str(r["budget"]),
+            f"{r['asr_learned']:.3f}",
+            f"{r['asr_independent']:.3f}",
+            f"{r['asr_strings']:.3f}",
+            f"{r['tflops_per_prompt']:.4f}",
+            str(r["n"]),
+        )
+    console.print(table)
+    rows = out.get("over_refusal", {}).get("results", [])
+    if rows:
+        t2 = Table(title=f"over-refusal (judge: {out['over_refusal']['judge']})")
+        for col in ("method", "budget", "refused", "refused (strings)", "vs unguarded", "n"):
+            t2.add_column(col, justify="right")
+        for r in rows:
+            t2.add_row(
+                r["method"],
+                str(r["budget"]),
+                f"{r['refusal_rate']:.3f}",
+                f"{r['refusal_rate_strings']:.3f}",
+                f"{r['delta_vs_unguarded']:+.3f}",
+                str(r["n"]),
+            )
+        console.print(t2)

@@ -1,0 +1,157 @@
+"""Assembling an attack evaluation: load the models into a harness, and turn judged outputs into the
+JSON report (results, over-refusal, and what each judge is and how accurate it was measured to be)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from saffron_runtime.evaluation.attack import (
+    AttackHarness,
+    AttackSettings,
+    GenerationCache,
+    Judged,
+    MethodSpec,
+    attack_table,
+    fingerprint_files,
+    matched_comparison,
+    over_refusal_table,
+)
+from saffron_runtime.evaluation.refusal import is_refusal
+from saffron_runtime.evaluation.text_judges import TextJudge, load_judges, pyrit_refusal_data
+
+
+def build_harness(
+    *,
+    policy: str,
+    mrm: str | None,
+    monitor: str,
+    judges: str,
+    cache_dir: str | os.PathLike[str],
+    settings: AttackSettings,
+) -> AttackHarness:
+    """Policy + MRM (when Saffron runs) + the learned judge (also the PRM and the Best-of-N ranker)."""
+    from saffron_runtime.bundled import DEFAULT_MONITOR, MRM, resolve_bundled
+    from saffron_runtime.models.loading import load_policy
+    from saffron_runtime.models.mrm_io import load_mrm
+    from saffron_runtime.models.smollm2 import speaks_smollm2
+    from saffron_runtime.monitor.adapters import response_head_prm
+    from saffron_runtime.monitor.model import load_monitor
+    from saffron_runtime.search.engine import SearchEngine
+
+    pol = load_policy(policy, chat=True)
+    same = monitor == "bundled" and speaks_smollm2(pol.tokenizer)
+    shared = {"backbone": pol.model, "tokenizer": pol.tokenizer} if same else {}
+    learned = load_monitor(monitor, **shared)
+    reward = load_mrm(mrm, policy_tokenizer=pol.tokenizer) if mrm else None
+    engine = SearchEngine(pol, reward, response_head_prm(learned))
+    harm, refusal = load_judges(None if judges == "bundled" else judges)
+    mrm_dir = resolve_bundled(mrm, MRM) if mrm else None
+    policy_id = policy if not Path(policy).exists() else fingerprint_files(policy)
+    fp = f"{policy_id}:{fingerprint_files(mrm_dir, resolve_bundled(monitor, DEFAULT_MONITOR))}"
+    return AttackHarness(
+        engine,
+        learned,
+        harm,
+        refusal,
+        GenerationCache(cache_dir),
+        settings=settings,
+        fingerprint=fp,
+    )
+
+
+def _accuracy(pred: Sequence[bool], labels: Sequence[int]) -> float:
+    return sum(int(p) == y for p, y in zip(pred, labels, strict=True)) / max(len(labels), 1)
+
+
+def judges_report(
+    harness: AttackHarness, data_dir: str | os.PathLike[str] | None
+) -> dict[str, Any]:
+    """Each judge's name, rule and measured accuracy (the refusal judges checked on PyRIT labels)."""
+    learned = harness.learned
+    out: dict[str, Any] = {
+        "learned": {
+            "name": "monitor response head",
+            "rule": f"unsafe when P(harmful) >= {learned.response_theta:.4g} (the monitor's stored "
+            "response_theta)",
+            "monitor_metadata": learned.metadata,
+        },
+        "independent": {"name": harness.harm_judge.name, **harness.harm_judge.card},
+        "strings": {
+            "name": "GCG refusal strings (transfer list, 29)",
+            "rule": "attack succeeded when no refusal string occurs",
+        },
+        "refusal": {"name": harness.refusal_judge.name, **harness.refusal_judge.card},
+    }
+    check = _pyrit_refusal(data_dir)
+    if check:
+        labels = [d.label for d in check]
+        texts = [d.text for d in check]
+        out["refusal"]["pyrit_refusal_accuracy"] = _accuracy(
+            harness.refusal_judge.predict(texts), labels
+        )
+        out["strings"]["pyrit_refusal_accuracy"] = _accuracy(
+            [is_refusal(t, "transfer") for t in texts], labels
+        )
+    else:
+        out["refusal"]["pyrit_refusal_accuracy"] = None
+        out["strings"]["pyrit_refusal_accuracy"] = None
+    return out
+
+
+def _pyrit_refusal(data_dir: str | os.PathLike[str] | None) -> list:
+    if data_dir is None:
+        return []
+    if not (Path(data_dir) / "responses" / "pyrit_refusal.jsonl").is_file():
+        return []
+    return pyrit_refusal_data(data_dir)
+
+
+def report(
+    harness: AttackHarness,
+    attacked: Sequence[Judged],
+    grid: Sequence[MethodSpec],
+    benign: Sequence[Judged],
+    benign_grid: Sequence[MethodSpec],
+    *,
+    data_dir: str | os.PathLike[str] | None,
+    prompts: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """The ``--json`` document of ``saffron eval attack``."""
+    rows = attack_table(attacked, grid)
+    refusal: TextJudge = harness.refusal_judge
+    s = harness.settings
+    return {
+        "results": rows,
+        "over_refusal": {
+            "judge": refusal.name,
+            "results": over_refusal_table(benign, benign_grid) if benign else [],
+        },
+        "judges": judges_report(harness, data_dir),
+        "matched": matched_comparison(rows),
+        "config": {
+            "prompts": str(prompts),
+            "n_prompts": len({j.prompt_id for j in attacked}),
+            "n_benign": len({j.prompt_id for j in benign}),
+            "prefill": s.prefill,
+            "max_new_tokens": s.max_new_tokens,
+            "seed": s.seed,
+            "reward_sees_prefill": s.reward_sees_prefill,
+            "judges_see_prefill": s.judges_see_prefill,
+            "models": harness.fingerprint,
+        },
+        "outputs": [
+            {
+                "prompt_id": j.prompt_id,
+                "method": j.spec.method,
+                "budget": j.spec.budget,
+                "learned_p": j.learned_p,
+                "independent_p": j.independent_p,
+                "strings_unsafe": j.strings_unsafe,
+                "tflops": j.generation.flops / 1e12,
+            }
+            for j in attacked
+        ],
+    }
