@@ -149,8 +149,12 @@ class AttackSettings:
             raise ConfigError(f"--max-new-tokens {self.max_new_tokens}: must be at least 1")
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".bin", ".gguf")
+
+
 def fingerprint_files(*folders: str | os.PathLike[str] | None) -> str:
-    """A short hash of every file under the given folders (a model's identity for the cache key)."""
+    """A short hash of the weight files under the given folders (a model's identity for the cache
+    key); configs and cards are left out, so editing a threshold or a card keeps the cache."""
     h = hashlib.sha256()
     for folder in folders:
         if folder is None:
@@ -158,7 +162,8 @@ def fingerprint_files(*folders: str | os.PathLike[str] | None) -> str:
             continue
         root = Path(folder)
         for f in sorted(root.rglob("*")) if root.is_dir() else [root]:
-            if f.is_file() and "checkpoints" not in f.parts:
+            weights = f.suffix in WEIGHT_SUFFIXES or f.name == "adapter_config.json"
+            if f.is_file() and weights and "checkpoints" not in f.parts:
                 h.update(str(f.relative_to(root) if root.is_dir() else f.name).encode())
                 h.update(f.read_bytes())
     return h.hexdigest()[:16]
@@ -326,8 +331,8 @@ class AttackHarness:
     ) -> list[Judged]:
         """Generate (or read from the cache) every grid point on every prompt, then judge."""
         items = []
-        for spec in grid:
-            for p in prompts:
+        for p in prompts:  # prompt by prompt: an interrupted run has every method on a prefix
+            for spec in grid:
                 items.append((p, spec, self.generate(p, spec, attack=attack)))
                 if on_step is not None:
                     on_step(f"{spec.method}@{spec.budget} {p.id}")

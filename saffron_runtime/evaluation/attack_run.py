@@ -3,6 +3,7 @@ JSON report (results, over-refusal, and what each judge is and how accurate it w
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,11 +39,17 @@ def build_harness(
     from saffron_runtime.models.mrm_io import load_mrm
     from saffron_runtime.models.smollm2 import speaks_smollm2
     from saffron_runtime.monitor.adapters import response_head_prm
-    from saffron_runtime.monitor.model import load_monitor
+    from saffron_runtime.monitor.model import CONFIG_FILE, load_monitor
     from saffron_runtime.search.engine import SearchEngine
 
     pol = load_policy(policy, chat=True)
-    same = monitor == "bundled" and speaks_smollm2(pol.tokenizer)
+    mon_dir = resolve_bundled(monitor, DEFAULT_MONITOR)
+    backbone = (
+        json.loads((mon_dir / CONFIG_FILE).read_text()).get("backbone")
+        if (mon_dir / CONFIG_FILE).is_file()
+        else None
+    )
+    same = backbone == "smollm2" and speaks_smollm2(pol.tokenizer)  # heads on the policy's states
     shared = {"backbone": pol.model, "tokenizer": pol.tokenizer} if same else {}
     learned = load_monitor(monitor, **shared)
     reward = load_mrm(mrm, policy_tokenizer=pol.tokenizer) if mrm else None
@@ -50,7 +57,7 @@ def build_harness(
     harm, refusal = load_judges(None if judges == "bundled" else judges)
     mrm_dir = resolve_bundled(mrm, MRM) if mrm else None
     policy_id = policy if not Path(policy).exists() else fingerprint_files(policy)
-    fp = f"{policy_id}:{fingerprint_files(mrm_dir, resolve_bundled(monitor, DEFAULT_MONITOR))}"
+    fp = f"{policy_id}:{fingerprint_files(mrm_dir, mon_dir)}"
     return AttackHarness(
         engine,
         learned,
