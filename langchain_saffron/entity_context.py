@@ -32,15 +32,22 @@ class EntityContextMiddleware(AgentMiddleware):
         self.context_key = context_key
         self.setting = setting
 
+    @property
+    def name(self) -> str:
+        """Unique per copied key, so one agent can carry several (e.g. entities and a seed)."""
+        if self.context_key == "target_entities":
+            return "EntityContextMiddleware"
+        return f"EntityContextMiddleware[{self.context_key}]"
+
     def _with_entities(self, request: ModelRequest) -> ModelRequest:
         value = context_value(getattr(request.runtime, "context", None), self.context_key)
         if value is None:
             return request
-        if isinstance(value, str):
-            value = [value]
-        return request.override(
-            model_settings={**request.model_settings, self.setting: list(value)}
-        )
+        if isinstance(value, list | tuple):
+            value = list(value)
+        elif isinstance(value, str) and self.setting == "target_entities":
+            value = [value]  # one entity given as a bare string
+        return request.override(model_settings={**request.model_settings, self.setting: value})
 
     def wrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]

@@ -74,3 +74,29 @@ def test_example_script_runs_from_the_command_line(name, smollm2):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "search : method=saffron" in done.stdout
+
+
+def test_search_agent_rewards_match_egrpo_and_unsafe_is_never_picked(smollm2, capsys, monkeypatch):
+    import json
+
+    from saffron_runtime.rewards import egrpo_rewards
+
+    module = _load("search_agent_entity_reward")
+    monkeypatch.setattr(sys, "argv", ["x", "--test", "--inject-unsafe"])
+    module.main()
+    lines = capsys.readouterr().out.splitlines()
+    rows = [json.loads(x) for x in lines if x.startswith("{")]
+    picks = [x for x in lines if x.startswith("picked rollout")]
+    questions = {q["question"]: q for q in module.QUESTIONS}
+    assert len(picks) == 2 and len(rows) == 6
+    for qi, pick in enumerate(picks):
+        q = rows[3 * qi]["question"]
+        group = [r for r in rows if r["question"] == q]
+        want = egrpo_rewards([r["thoughts"] for r in group], questions[q]["gold_entities"],
+                             [r["correct"] for r in group], errors=[r["error"] for r in group])
+        assert [r["reward"] for r in group] == want  # the printed rewards are E-GRPO's on the printed thoughts
+        injected = group[0]
+        assert injected["reward"] == 1.0 == max(want) and injected["safe"] is False
+        assert not pick.startswith("picked rollout 0")  # the injected unsafe rollout is never picked
+        assert "hammer" not in pick
+    assert any(r["safe"] and r["rollout"] > 0 for r in rows)  # real SmolLM2 rollouts took part
