@@ -118,7 +118,9 @@ def build(test: bool = False, n: int | None = None) -> tuple[SafeRolloutSelector
         middleware=[
             SearchThenAnswer(),
             EntityContextMiddleware(),  # target_entities -> model settings
-            EntityContextMiddleware("rollout_seed", "seed"),  # a different sample per rollout
+            EntityContextMiddleware(
+                "rollout_seed", "seed", as_list=False
+            ),  # a different sample per rollout
         ],
         context_schema=Context,
     )

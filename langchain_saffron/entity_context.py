@@ -26,11 +26,16 @@ class EntityContextMiddleware(AgentMiddleware):
     """
 
     def __init__(
-        self, context_key: str = "target_entities", setting: str = "target_entities"
+        self,
+        context_key: str = "target_entities",
+        setting: str = "target_entities",
+        *,
+        as_list: bool = True,
     ) -> None:
         super().__init__()
         self.context_key = context_key
         self.setting = setting
+        self.as_list = as_list  # entity lists: a bare string becomes a one-item list
 
     @property
     def name(self) -> str:
@@ -43,10 +48,8 @@ class EntityContextMiddleware(AgentMiddleware):
         value = context_value(getattr(request.runtime, "context", None), self.context_key)
         if value is None:
             return request
-        if isinstance(value, list | tuple):
-            value = list(value)
-        elif isinstance(value, str) and self.setting == "target_entities":
-            value = [value]  # one entity given as a bare string
+        if self.as_list:
+            value = [value] if isinstance(value, str) else list(value)
         return request.override(model_settings={**request.model_settings, self.setting: value})
 
     def wrap_model_call(
