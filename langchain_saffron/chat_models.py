@@ -102,6 +102,10 @@ class ChatSaffron(BaseChatModel):
     seed: int = 0
     on_violation: OnViolation = "raise"
     check_prompt: bool = False
+    json_max_string_length: int | None = Field(None, ge=1)
+    """Cap on free strings in constrained output (tool arguments, structured output): a small model
+    decoding greedily can loop inside a string until ``max_tokens`` and never close the JSON. ``None``
+    leaves strings unbounded."""
     """Judge the latest user message with the monitor's prompt head before generating (when it has one)."""
     refusal_message: str = DEFAULT_REFUSAL
     model_name: str = Field("saffron", alias="model")
@@ -242,7 +246,9 @@ class ChatSaffron(BaseChatModel):
             return None
         tok = self._engine.policy.tokenizer
         if tool_choice in ("any", "required", True):
-            return Grammar.tool_calls(tok, list(tools))
+            return Grammar.tool_calls(
+                tok, list(tools), max_string_length=self.json_max_string_length
+            )
         name = (
             tool_choice
             if isinstance(tool_choice, str)
@@ -253,7 +259,7 @@ class ChatSaffron(BaseChatModel):
             raise ConfigError(
                 f"tool_choice={name!r} names no bound tool; bound: {[t['function']['name'] for t in tools]}"
             )
-        return Grammar.tool_calls(tok, chosen)
+        return Grammar.tool_calls(tok, chosen, max_string_length=self.json_max_string_length)
 
     def _start(
         self,
@@ -276,7 +282,12 @@ class ChatSaffron(BaseChatModel):
             prompt_text=prompt_text,
             stop_event=stop_event,
             check_prompt=self.check_prompt,
-            constraint=Grammar.json_schema(self._engine.policy.tokenizer, schema, compact=True)
+            constraint=Grammar.json_schema(
+                self._engine.policy.tokenizer,
+                schema,
+                compact=True,
+                max_string_length=self.json_max_string_length,
+            )
             if schema is not None
             else self._constraint(tools, kwargs.get("tool_choice")),
         )
@@ -438,7 +449,8 @@ class ChatSaffron(BaseChatModel):
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, Any]:
         """Structured output by grammar-constrained decoding: a forced tool call (``function_calling``) or a
-        JSON value matching the schema (``json_schema``; ``json_mode`` allows any JSON object)."""
+        JSON value matching the schema (``json_schema``, and ``json_mode`` when a schema is given: a small
+        model asked for "JSON" writes any object otherwise; with no schema, any JSON object)."""
         if method == "function_calling":
             return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
         from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
@@ -447,7 +459,7 @@ class ChatSaffron(BaseChatModel):
         from langchain_core.utils.pydantic import is_basemodel_subclass
 
         is_model = isinstance(schema, type) and is_basemodel_subclass(schema)
-        if method == "json_mode":
+        if method == "json_mode" and not schema:
             json_schema: dict[str, Any] = {"type": "object"}
         elif is_model:
             json_schema = schema.model_json_schema()  # type: ignore[union-attr]
@@ -457,11 +469,7 @@ class ChatSaffron(BaseChatModel):
             response_format={"type": "json_schema", "schema": json_schema},
             ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
         )
-        parser = (
-            PydanticOutputParser(pydantic_object=schema)
-            if is_model and method != "json_mode"
-            else JsonOutputParser()
-        )  # type: ignore[arg-type]
+        parser = PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()  # type: ignore[arg-type]
         if not include_raw:
             return llm | parser
         assign = RunnablePassthrough.assign(

@@ -50,11 +50,22 @@ def _text(message: BaseMessage) -> str:
     if isinstance(content, str):
         return content
     parts = []
+    known = {c.get("id") for c in getattr(message, "tool_calls", None) or []}
     for block in content:
         if isinstance(block, str):
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(str(block.get("text", "")))
+        elif (
+            isinstance(message, AIMessage)
+            and isinstance(block, dict)
+            and block.get("type") in ("tool_use", "tool_call")
+        ):
+            # a provider-format call block (e.g. Anthropic's tool_use): rendered from tool_calls
+            # when it is one of them, else in our tool-call text form
+            if block.get("id") not in known:
+                args = block.get("input", block.get("args", {}))
+                parts.append(format_tool_call(str(block.get("name", "")), dict(args or {})))
         else:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
             raise PromptError(

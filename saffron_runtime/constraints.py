@@ -42,8 +42,31 @@ def closed_schema(schema: Any) -> Any:
     return out
 
 
+def bounded_strings(schema: Any, max_length: int | None) -> Any:
+    """A copy where every free string (no ``maxLength``, enum, const, pattern or format) gets
+    ``maxLength``: a small model decoding greedily can loop inside a string until it runs out of
+    tokens, leaving JSON that never closes. ``None`` returns the schema unchanged."""
+    if max_length is None:
+        return schema
+    if max_length < 1:
+        raise ConfigError(f"max string length {max_length} must be at least 1 (or None)")
+    if isinstance(schema, list):
+        return [bounded_strings(s, max_length) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded_strings(v, max_length) for k, v in schema.items()}
+    fixed = {"maxLength", "enum", "const", "pattern", "format"} & out.keys()
+    if out.get("type") == "string" and not fixed:
+        out["maxLength"] = max_length
+    return out
+
+
 def tool_call_lark(
-    tools: list[dict[str, Any]], *, open_tag: str = "<tool_call>", close_tag: str = "</tool_call>"
+    tools: list[dict[str, Any]],
+    *,
+    open_tag: str = "<tool_call>",
+    close_tag: str = "</tool_call>",
+    max_string_length: int | None = None,
 ) -> str:
     """A Lark grammar for one ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` of the given tools."""
     if not tools:
@@ -55,7 +78,9 @@ def tool_call_lark(
             "type": "object",
             "properties": {
                 "name": {"const": fn["name"]},
-                "arguments": closed_schema(fn.get("parameters") or {"type": "object"}),
+                "arguments": bounded_strings(
+                    closed_schema(fn.get("parameters") or {"type": "object"}), max_string_length
+                ),
             },
             "required": ["name", "arguments"],
             "additionalProperties": False,
@@ -96,10 +121,16 @@ class Grammar:
 
     @classmethod
     def json_schema(
-        cls, tokenizer: PreTrainedTokenizerBase, schema: dict[str, Any], *, compact: bool = False
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        schema: dict[str, Any],
+        *,
+        compact: bool = False,
+        max_string_length: int | None = None,
     ) -> Grammar:
-        """Output must be one JSON value matching ``schema`` (``compact``: no free whitespace)."""
-        schema = closed_schema(schema)
+        """Output must be one JSON value matching ``schema`` (``compact``: no free whitespace;
+        ``max_string_length``: see :func:`bounded_strings`)."""
+        schema = bounded_strings(closed_schema(schema), max_string_length)
         if compact:
             schema = {
                 **schema,
@@ -112,9 +143,15 @@ class Grammar:
         return cls(tokenizer, "json_schema", json.dumps(schema))
 
     @classmethod
-    def tool_calls(cls, tokenizer: PreTrainedTokenizerBase, tools: list[dict[str, Any]]) -> Grammar:
+    def tool_calls(
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        tools: list[dict[str, Any]],
+        *,
+        max_string_length: int | None = None,
+    ) -> Grammar:
         """Output must be exactly one tool call to one of ``tools``."""
-        return cls(tokenizer, "lark", tool_call_lark(tools))
+        return cls(tokenizer, "lark", tool_call_lark(tools, max_string_length=max_string_length))
 
     def start(self) -> ConstraintState:
         """A fresh matcher at the start of the output."""

@@ -38,3 +38,23 @@ def saffron1_fixture() -> Path:
     if not (SAFFRON1_FIXTURE / "adapter_model.safetensors").is_file():
         pytest.fail(f"the Saffron-1 fixture is missing at {SAFFRON1_FIXTURE}: ../shared must be beside the checkout")
     return SAFFRON1_FIXTURE
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The SmolLM2 standard-suite class runs only the tool-calling and structured-output tests; the
+    suite's other tests run on the tiny model (tests/test_standard.py), so they are deselected here
+    rather than run twice. Every SmolLM2 test gets the ``smollm2`` marker."""
+    from tests.test_standard import TOOL_TESTS
+
+    keep, drop = [], []
+    for item in items:
+        cls = getattr(item, "cls", None)
+        if cls is not None and cls.__name__ == "TestChatSaffronSmolLM2Tools":
+            if not any(t in item.name for t in TOOL_TESTS):
+                drop.append(item)
+                continue
+            item.add_marker(pytest.mark.smollm2)
+        keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
