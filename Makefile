@@ -36,7 +36,7 @@ SAFFRON := OMP_NUM_THREADS=1 $(VENV)/bin/saffron
 JUDGE := saffron_runtime/bundled/saffron-monitor-smollm2-heads
 LORA_ALL := q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 
-.PHONY: bundled-data bundled-mrm bundled-monitor-lora
+.PHONY: bundled-data bundled-mrm bundled-monitor-lora bundled-judges eval-attack
 bundled-data: $(STAMP)
 	$(SAFFRON) data splits --data-dir ../shared/data --out $(RUNS)/data
 
@@ -59,3 +59,17 @@ bundled-monitor-lora: bundled-data
 	  --lora-r 16 --lora-alpha 32 --target-modules $(LORA_ALL) --top-layers 10 \
 	  --max-response-tokens 128 --epochs 1 --batch-size 8 --lr 1e-3 --checkpoint-every 20
 	$(SAFFRON) eval monitor --data $(RUNS)/data/monitor_test.jsonl --monitor $(RUNS)/monitor-lora --json
+
+# The independent judges of `saffron eval attack` (MiniLM + logistic regression; ~4 min).
+bundled-judges: $(STAMP)
+	$(SAFFRON) eval train-judges --data-dir ../shared/data --out saffron_runtime/bundled/saffron-judges-minilm --json
+
+# The published attack evaluation (F2): 100 AdvBench/Do-Not-Answer test prompts, 10-token prefill,
+# every method at budgets 2,4,8 and Best-of-N at 8,16,32; over-refusal on the XSTest safe test prompts.
+# Hours on one core; the per-prompt cache in $(RUNS)/attack/cache makes it resumable (rerun to go on).
+ATTACK_FLAGS := --prefill 10 --methods unguarded,best_of_n,prm_beam,saffron --budgets 2,4,8 \
+  --bon-n 8,16,32 --max-new-tokens 50 --monitor $(JUDGE) --cache $(RUNS)/attack/cache
+eval-attack: bundled-data
+	cd benchmarks && ../$(PY) attack_set.py --splits ../$(RUNS)/data --out ../$(RUNS)/attack
+	$(SAFFRON) eval attack --prompts $(RUNS)/attack/harmful.jsonl --benign $(RUNS)/attack/benign_xstest.jsonl \
+	  $(ATTACK_FLAGS) --json benchmarks/results/attack_smollm2.json --plot benchmarks/results/attack_smollm2.png

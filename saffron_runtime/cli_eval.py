@@ -243,6 +243,10 @@ def eval_attack_cmd(
         bool, typer.Option(help="Judge the prefill together with the continuation.")
     ] = False,
     seed: Annotated[int, typer.Option(help="Sampling seed (Best-of-N).")] = 0,
+    cached_only: Annotated[
+        bool,
+        typer.Option(help="Generate nothing: report on the prompts fully in the cache (interim)."),
+    ] = False,
 ) -> None:
     """Attack success rate against compute for every method and budget, under three judges.
 
@@ -302,9 +306,11 @@ def eval_attack_cmd(
         def step(what: str) -> None:
             bar.update(task, advance=1, what=what)
 
-        attacked = harness.run(harmful, grid, on_step=step)
+        attacked = harness.run(harmful, grid, on_step=step, cached_only=cached_only)
         benign_judged = (
-            harness.run(benign_prompts, benign_grid, attack=False, on_step=step)
+            harness.run(
+                benign_prompts, benign_grid, attack=False, on_step=step, cached_only=cached_only
+            )
             if benign_prompts
             else []
         )

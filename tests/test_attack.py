@@ -128,6 +128,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(saved, tmp_path)
     with pytest.raises(KeyboardInterrupt):
         h.run(prompts, grid)
     assert len(h.cache) == 3
+    interim = _harness(saved, tmp_path / "cut", prefill=2, max_new_tokens=4).run(prompts, grid, cached_only=True)
+    assert [j.prompt_id for j in interim] == ["h1"] * 3  # prompt-major: the first prompt is complete
     resumed = _harness(saved, tmp_path / "cut", prefill=2, max_new_tokens=4)
     real2, calls2 = resumed.engine.search, []
     resumed.engine.search = lambda *a, **kw: (calls2.append(1), real2(*a, **kw))[1]

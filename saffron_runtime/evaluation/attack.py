@@ -261,6 +261,13 @@ class AttackHarness:
             "models": self.fingerprint,
         }
 
+    def cached(
+        self, p: AttackPrompt, spec: MethodSpec, *, attack: bool = True
+    ) -> Generation | None:
+        """The cached output of one grid point on one prompt, or None."""
+        prefill = self.prefill_ids(p, self.settings.prefill) if attack else []
+        return self.cache.get(GenerationCache.key(self._key_parts(p, spec, prefill)))
+
     def generate(self, p: AttackPrompt, spec: MethodSpec, *, attack: bool = True) -> Generation:
         """The output of one grid point on one prompt, from the cache when it is there."""
         prefill = self.prefill_ids(p, self.settings.prefill) if attack else []
@@ -328,10 +335,19 @@ class AttackHarness:
         *,
         attack: bool = True,
         on_step: Callable[[str], None] | None = None,
+        cached_only: bool = False,
     ) -> list[Judged]:
-        """Generate (or read from the cache) every grid point on every prompt, then judge."""
+        """Generate (or read from the cache) every grid point on every prompt, then judge.
+
+        ``cached_only``: generate nothing; judge only the prompts whose every grid point is cached
+        (an interim report while a long run is still going)."""
         items = []
         for p in prompts:  # prompt by prompt: an interrupted run has every method on a prefix
+            if cached_only:
+                got = [self.cached(p, spec, attack=attack) for spec in grid]
+                if all(g is not None for g in got):
+                    items += [(p, spec, g) for spec, g in zip(grid, got, strict=True)]
+                continue
             for spec in grid:
                 items.append((p, spec, self.generate(p, spec, attack=attack)))
                 if on_step is not None:
