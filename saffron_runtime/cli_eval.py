@@ -58,9 +58,8 @@ def eval_prompts_cmd(
     Example: saffron eval prompts --data prompts_test.jsonl --val prompts_val.jsonl --monitor runs/monitor
     """
 
-    from saffron_runtime.bundled import DEFAULT_MONITOR, resolve_bundled
     from saffron_runtime.jsonl import read_jsonl
-    from saffron_runtime.monitor.model import CONFIG_FILE, load_monitor
+    from saffron_runtime.monitor.model import load_monitor, update_monitor_config
     from saffron_runtime.monitor.prompt_eval import (
         LabelledPrompt,
         choose_prompt_theta,
@@ -77,10 +76,7 @@ def eval_prompts_cmd(
             prompt_scores(model, vp), [p.label for p in vp], max_fpr=max_fpr
         )
         if save:
-            cfg_path = resolve_bundled(monitor, DEFAULT_MONITOR) / CONFIG_FILE
-            cfg = json.loads(cfg_path.read_text())
-            cfg["prompt_theta"] = theta
-            cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+            update_monitor_config(monitor, prompt_theta=theta)
     test = read_jsonl(data, LabelledPrompt)
     metrics = prompt_metrics(prompt_scores(model, test), test, theta)
     print_metrics(metrics, f"prompt head of {monitor} on {data}", as_json)
@@ -143,9 +139,8 @@ def eval_responses_cmd(
 
     Example: saffron eval responses --val runs/data/monitor_val.jsonl --monitor bundled --save
     """
-    from saffron_runtime.bundled import DEFAULT_MONITOR, resolve_bundled
     from saffron_runtime.jsonl import read_jsonl
-    from saffron_runtime.monitor.model import CONFIG_FILE, load_monitor
+    from saffron_runtime.monitor.model import load_monitor, update_monitor_config
     from saffron_runtime.monitor.response_eval import choose_response_theta, response_scores
     from saffron_runtime.training.monitor_train import MonitorRecord
 
@@ -155,11 +150,9 @@ def eval_responses_cmd(
     scores = response_scores(model, [r.prompt for r in recs], [r.response for r in recs])
     theta, f1 = choose_response_theta(scores, [r.label for r in recs])
     if save:
-        cfg_path = resolve_bundled(monitor, DEFAULT_MONITOR) / CONFIG_FILE
-        cfg = json.loads(cfg_path.read_text())
-        cfg["response_theta"] = theta
-        cfg.setdefault("metadata", {})["response_theta_val_macro_f1"] = f1
-        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+        update_monitor_config(
+            monitor, response_theta=theta, metadata={"response_theta_val_macro_f1": f1}
+        )
     print_metrics({"response_theta": theta, "val_macro_f1": f1, "n": len(recs)}, str(val), as_json)
 
 

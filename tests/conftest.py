@@ -25,6 +25,29 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def saved(tmp_path_factory, tiny):
+    """Tiny models saved as folders, the way the CLI takes them: ``policy``, ``backbone``, an MRM
+    (LoRA on the backbone) and a monitor (heads on the backbone) that never fires by its rule."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from saffron_runtime.models import MRMTemplate, MultifurcationRewardModel, load_policy, save_mrm
+    from saffron_runtime.monitor import MonitorRule, SCMMonitorModel, save_monitor
+    from saffron_runtime.testing import tiny_causal_lm
+
+    d = tmp_path_factory.mktemp("saved")
+    for name, seed in (("policy", 0), ("backbone", 1)):
+        tiny_causal_lm(len(tiny.tokenizer), seed=seed, eos_token_id=tiny.tokenizer.eos_token_id).save_pretrained(d / name)
+        tiny.tokenizer.save_pretrained(d / name)
+    mrm_model = get_peft_model(load_policy(d / "backbone").model, LoraConfig(r=2, target_modules=["q_proj"]))
+    save_mrm(MultifurcationRewardModel(mrm_model, tiny.tokenizer, MRMTemplate()), d / "mrm", base=str(d / "backbone"))
+    torch.manual_seed(0)
+    mon = SCMMonitorModel(load_policy(d / "backbone").model, tiny.tokenizer, rule=MonitorRule(theta=1.0, k=50))
+    save_monitor(mon, d / "monitor", backbone_ref=str(d / "backbone"))
+    return d
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     """The real SmolLM2-135M-Instruct (converted once into the user cache, then ~1 s loads)."""
     from saffron_runtime.models import load_policy

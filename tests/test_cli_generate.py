@@ -5,32 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from saffron_runtime.cli import app
-from saffron_runtime.models import MRMTemplate, MultifurcationRewardModel, load_policy, save_mrm
-from saffron_runtime.monitor import MonitorRule, SCMMonitorModel, save_monitor
 from saffron_runtime.monitor.evaluate import KEYS
-from saffron_runtime.testing import tiny_causal_lm
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory, tiny):
-    d = tmp_path_factory.mktemp("cli")
-    for name, seed in (("policy", 0), ("backbone", 1)):
-        tiny_causal_lm(len(tiny.tokenizer), seed=seed, eos_token_id=tiny.tokenizer.eos_token_id).save_pretrained(d / name)
-        tiny.tokenizer.save_pretrained(d / name)
-    from peft import LoraConfig, get_peft_model
-
-    mrm_model = get_peft_model(load_policy(d / "backbone").model, LoraConfig(r=2, target_modules=["q_proj"]))
-    save_mrm(MultifurcationRewardModel(mrm_model, tiny.tokenizer, MRMTemplate()), d / "mrm", base=str(d / "backbone"))
-    torch.manual_seed(0)
-    mon = SCMMonitorModel(load_policy(d / "backbone").model, tiny.tokenizer, rule=MonitorRule(theta=1.0, k=50))
-    save_monitor(mon, d / "monitor", backbone_ref=str(d / "backbone"))
-    return d
 
 
 def test_generate_json(saved):

@@ -227,3 +227,20 @@ def load_monitor(
         )
     monitor.to(next(backbone.parameters()).device)
     return monitor.eval()
+
+
+def update_monitor_config(folder: str | os.PathLike[str], **values: Any) -> Path:
+    """Write thresholds chosen after training (``prompt_theta``, ``response_theta``) into a monitor
+    folder's config (``"bundled"``: the shipped one); a ``metadata`` dict is merged, not replaced."""
+    from saffron_runtime.bundled import DEFAULT_MONITOR, resolve_bundled
+
+    path = resolve_bundled(folder, DEFAULT_MONITOR) / CONFIG_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{path.parent} is not a monitor folder ({CONFIG_FILE} is missing)")
+    cfg = json.loads(path.read_text())
+    meta = values.pop("metadata", None)
+    cfg.update(values)
+    if meta:
+        cfg.setdefault("metadata", {}).update(meta)
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+    return path
