@@ -30,11 +30,15 @@ def _smollm2() -> LoadedModel:
     return load_policy("smollm2", chat=True)
 
 
-class TestChatSaffronUnit(ChatModelUnitTests):
+class _ChatSaffronSuite:
+    """What every suite class here shares: the model class under test."""
+
     @property
     def chat_model_class(self) -> type[ChatSaffron]:
         return ChatSaffron
 
+
+class TestChatSaffronUnit(_ChatSaffronSuite, ChatModelUnitTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         return {**_parts(), "budget": 2, "temperature": 0}
@@ -51,12 +55,8 @@ class TestChatSaffronUnit(ChatModelUnitTests):
 from langchain_tests.integration_tests import ChatModelIntegrationTests  # noqa: E402
 
 
-class TestChatSaffronIntegration(ChatModelIntegrationTests):
+class TestChatSaffronIntegration(_ChatSaffronSuite, ChatModelIntegrationTests):
     """The suite's tests that do not depend on what a random model says."""
-
-    @property
-    def chat_model_class(self) -> type[ChatSaffron]:
-        return ChatSaffron
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
@@ -74,17 +74,6 @@ class TestChatSaffronIntegration(ChatModelIntegrationTests):
     def supports_image_inputs(self) -> bool:
         return False
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="SmolLM2-135M-Instruct answers from its own knowledge instead of calling a tool when "
-        "tool_choice is left to the model (it hallucinates the weather; its own tool-calling system "
-        "prompt does no better). With a forced tool_choice the call is produced: test_tool_choice, "
-        "test_tool_calling and the structured-output tests pass on this model.",
-    )
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    def test_agent_loop(self, model: BaseChatModel) -> None:
-        super().test_agent_loop(model)
-
 
 TOOL_TESTS = (
     "tool",
@@ -94,15 +83,11 @@ TOOL_TESTS = (
 )
 
 
-class TestChatSaffronSmolLM2Tools(ChatModelIntegrationTests):
+class TestChatSaffronSmolLM2Tools(_ChatSaffronSuite, ChatModelIntegrationTests):
     """The suite's tool-calling and structured-output tests on real SmolLM2-135M-Instruct, with
     grammar-constrained decoding (llguidance) forcing the call format and the schema; greedy and
     short, to fit the CPU budget. The suite's other tests run on the tiny model above and are
     deselected here (tests/conftest.py), not skipped."""
-
-    @property
-    def chat_model_class(self) -> type[ChatSaffron]:
-        return ChatSaffron
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
