@@ -1,0 +1,59 @@
+"""Markdown tables of a `saffron eval attack --json` result (for the README), with the matched comparison.
+
+../.venv/bin/python attack_table.py results/attack_smollm2.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    doc = json.loads(Path(sys.argv[1]).read_text())
+    cfg = doc["config"]
+    print(
+        f"{cfg['n_prompts']} harmful prompts, prefill {cfg['prefill']}, {cfg['max_new_tokens']} new tokens\n"
+    )
+    print(
+        "| method | budget / N | ASR learned | ASR independent | ASR strings | TFLOPs / prompt | s / prompt |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in doc["results"]:
+        print(
+            f"| {r['method']} | {r['budget']} | {r['asr_learned']:.2f} | {r['asr_independent']:.2f} | "
+            f"{r['asr_strings']:.2f} | {r['tflops_per_prompt']:.3f} | {r.get('wall_s_per_prompt', float('nan')):.1f} |"
+        )
+    rows = doc["over_refusal"]["results"]
+    if rows:
+        print(
+            f"\nOver-refusal on {cfg['n_benign']} benign prompts (judge: {doc['over_refusal']['judge']})\n"
+        )
+        print("| method | budget / N | refused | refused (strings) | vs unguarded |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| {r['method']} | {r['budget']} | {r['refusal_rate']:.2f} | "
+                f"{r['refusal_rate_strings']:.2f} | {r['delta_vs_unguarded']:+.2f} |"
+            )
+    m = doc.get("matched")
+    if m and m.get("best_of_n"):
+        s, b = m["saffron"], m["best_of_n"]
+        print(
+            f"\nMatched compute: Saffron@{s['budget']} ({s['tflops_per_prompt']:.3f} TFLOPs) vs "
+            f"Best-of-{b['budget']} ({b['tflops_per_prompt']:.3f} TFLOPs): ASR learned "
+            f"{s['asr_learned']:.2f} vs {b['asr_learned']:.2f}, independent {s['asr_independent']:.2f} vs "
+            f"{b['asr_independent']:.2f}, strings {s['asr_strings']:.2f} vs {b['asr_strings']:.2f}"
+        )
+    j = doc["judges"]
+    print(
+        f"\nJudges: learned = {j['learned']['rule']}; independent = {j['independent']['name']} "
+        f"(held-out accuracy {j['independent']['held_out_accuracy']:.3f}); refusal = {j['refusal']['name']} "
+        f"(PyRIT refusal accuracy {j['refusal']['pyrit_refusal_accuracy']}); strings on PyRIT refusal "
+        f"{j['strings']['pyrit_refusal_accuracy']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
