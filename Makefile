@@ -57,7 +57,7 @@ bundled-monitor-lora: bundled-data
 	$(SAFFRON) train monitor --data $(RUNS)/data/monitor_train.jsonl --val $(RUNS)/data/monitor_val.jsonl \
 	  --prompt-data $(RUNS)/data/prompts_train.jsonl --out $(RUNS)/monitor-lora --variant lora \
 	  --lora-r 16 --lora-alpha 32 --target-modules $(LORA_ALL) --top-layers 10 \
-	  --max-response-tokens 128 --epochs 1 --batch-size 8 --lr 1e-3 --checkpoint-every 20
+	  --max-response-tokens 128 --epochs 2 --batch-size 8 --lr 1e-3 --checkpoint-every 20
 	$(SAFFRON) eval monitor --data $(RUNS)/data/monitor_test.jsonl --monitor $(RUNS)/monitor-lora --json
 
 # The independent judges of `saffron eval attack` (MiniLM + logistic regression; ~4 min).

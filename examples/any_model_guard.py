@@ -5,8 +5,9 @@
 tokens through a bundled partial-detection monitor (its LoRA variant); when the monitor fires, the handler raises
 ``GuardrailViolation`` from inside the token callback, so the chunk that tipped it is never yielded
 and the model's generation thread is told to stop. A callback cannot hold text back: the firing token
-itself went out with its chunk, and the monitor is sure where that token ends only when the next piece
-of text arrives, so the stream stops right after the chunk holding the firing token.
+itself went out with its chunk, and the monitor is sure where a token ends only once the text after it
+has arrived (it holds the last two pre-tokenizer pieces back before scoring them), so the stream stops
+within one chunk after the chunk holding the firing token.
 
 The harmful case asks the model to repeat a violent forum post word for word (the way harmful text
 gets laundered through "just repeat this" requests); SmolLM2 complies, and the guard stops the stream

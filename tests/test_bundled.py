@@ -96,4 +96,5 @@ def test_bundled_lora_monitor_ships_with_its_card_and_never_touches_the_policy(s
     mon = load_monitor(bundled_path(MONITOR_LORA), backbone=smollm2.model, tokenizer=smollm2.tokenizer)
     assert mon.backbone is not smollm2.model and not hasattr(smollm2.model, "peft_config")
     assert torch.equal(before, smollm2.model.model.layers[-1].self_attn.q_proj.weight)
-    assert mon.rule.name == "delay-k" and mon.metadata["variant"] == "lora"
+    assert mon.metadata["variant"] == "lora"
+    assert str(mon.rule.model_dump()) in card  # the card states the rule the folder holds

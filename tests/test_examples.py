@@ -42,10 +42,11 @@ def test_any_model_guard_stops_the_harmful_stream_at_the_verdict_token(smollm2):
     assert v is not None and v.unsafe
     shown, full = harmful["shown"], harmful["unguarded"]
     assert full.startswith(shown) and len(full) > len(shown)
-    # the stream stopped right after the chunk holding the firing token: the next chunk, which let the
-    # monitor confirm the token, and everything after it never reached the caller
-    last = harmful["chunks"][-1]
-    assert v.span is not None and len(shown) - len(last) < v.span[1] <= len(shown)
+    # the stream stopped within one chunk after the chunk holding the firing token: the chunk that let the
+    # monitor confirm the token (its re-tokenisation holds two pieces back) and everything after it never
+    # reached the caller
+    last_two = "".join(harmful["chunks"][-2:])
+    assert v.span is not None and len(shown) - len(last_two) < v.span[1] <= len(shown)
 
 
 def test_agent_tool_result_is_withheld_and_the_run_finishes(smollm2):
