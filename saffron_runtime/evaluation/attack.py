@@ -446,6 +446,7 @@ def plot_asr(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title
             if m != "unguarded":
                 ax.annotate(str(b), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
     ax.set_xlabel("TFLOPs per prompt (policy + reward models, analytic)")
     ax.set_ylabel("attack success rate (learned judge)")
     ax.set_ylim(-0.02, 1.02)
