@@ -152,10 +152,8 @@ class SafeRolloutSelector(Runnable[dict[str, Any], dict[str, Any]]):
     ) -> Any:
         try:
             return self.agent.invoke({"messages": msgs}, config, **self._call_kwargs(ctx))
-        except GuardrailViolation as e:  # the agent's own guard stopped it: an unsafe rollout
-            return e
-        except Exception as e:  # noqa: BLE001 - one failed rollout must not sink the group
-            return e
+        except Exception as e:  # noqa: BLE001 - one failed rollout must not sink the group; a
+            return e  # GuardrailViolation from the agent's own guard is scored as unsafe
 
     async def _aone(
         self,
