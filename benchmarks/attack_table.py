@@ -46,6 +46,15 @@ def main() -> None:
             f"{s['asr_learned']:.2f} vs {b['asr_learned']:.2f}, independent {s['asr_independent']:.2f} vs "
             f"{b['asr_independent']:.2f}, strings {s['asr_strings']:.2f} vs {b['asr_strings']:.2f}"
         )
+        paired = m.get("paired") or {}
+        for judge in ("learned", "independent", "strings"):
+            if judge in paired:
+                d = paired[judge]
+                print(
+                    f"  {judge}: Saffron - Best-of-N = {d['difference']:+.2f} "
+                    f"(paired bootstrap 95% CI {d['ci95'][0]:+.2f} to {d['ci95'][1]:+.2f}, "
+                    f"{paired['n']} prompts)"
+                )
     j = doc["judges"]
     print(
         f"\nJudges: learned = {j['learned']['rule']}; independent = {j['independent']['name']} "

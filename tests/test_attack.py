@@ -13,10 +13,13 @@ from saffron_runtime.errors import ConfigError, DataError
 from saffron_runtime.evaluation.attack import (
     AttackPrompt,
     AttackSettings,
+    Generation,
+    Judged,
     MethodSpec,
     load_prompts,
     matched_comparison,
     method_grid,
+    paired_difference,
     reference_start,
 )
 from saffron_runtime.evaluation.attack_run import build_harness
@@ -154,6 +157,10 @@ def test_cli_attack_json_plot_and_benign(saved, prompts_dir, tmp_path):
     assert doc["judges"]["independent"]["held_out_accuracy"] > 0.7
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert "text" not in doc["outputs"][0]  # no generated text in the report
+    m = doc["matched"]
+    assert m["saffron"]["budget"] == 2  # the largest Saffron budget run
+    if m["best_of_n"] is not None:
+        assert m["paired"]["n"] == 2 and set(m["paired"]) == {"n", "learned", "independent", "strings"}
     n_cached = len(list((tmp_path / "cache").glob("*.json")))
     assert n_cached == 5 * 2 + 5 * 2
     res2 = runner.invoke(app, args)  # a second run reads everything from the cache, same numbers
@@ -173,3 +180,27 @@ def test_matched_comparison_picks_the_cheapest_bon_at_least_as_costly():
     ]
     m = matched_comparison(rows)
     assert m["best_of_n"]["budget"] == 16 and m["asr_ratio"]["asr_learned"] == pytest.approx(0.25)
+
+
+def _judged(pid: str, spec: MethodSpec, learned: bool, independent: bool, strings: bool) -> Judged:
+    gen = Generation(text="", token_ids=[], prefill_text="", prefill_ids=[], flops=1.0, wall_s=0.0)
+    return Judged(pid, spec, gen, float(learned), learned, float(independent), independent, strings,
+                  0.0, False, False)
+
+
+def test_paired_difference_pairs_by_prompt_and_brackets_the_difference():
+    a, b = MethodSpec("saffron", 8), MethodSpec("best_of_n", 16)
+    judged = []
+    for i in range(40):  # a unsafe on 30 prompts, b on 10 of the same: learned difference +0.5
+        judged.append(_judged(f"p{i}", a, i < 30, True, i % 2 == 0))
+        judged.append(_judged(f"p{i}", b, i < 10, True, i % 2 == 0))
+    judged.append(_judged("only-a", a, True, True, True))  # unpaired: ignored
+    d = paired_difference(judged, a, b)
+    assert d["n"] == 40
+    assert d["learned"]["difference"] == pytest.approx(0.5)
+    lo, hi = d["learned"]["ci95"]
+    assert 0.3 < lo < 0.5 < hi < 0.7
+    # identical verdicts on both sides: the difference and its whole interval are exactly 0
+    assert d["independent"] == {"difference": 0.0, "ci95": [0.0, 0.0]}
+    assert d["strings"] == {"difference": 0.0, "ci95": [0.0, 0.0]}
+    assert paired_difference(judged, a, MethodSpec("prm_beam", 2)) == {"n": 0}

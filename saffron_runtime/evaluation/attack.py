@@ -403,9 +403,12 @@ def over_refusal_table(
 
 
 def matched_comparison(
-    rows: Sequence[dict[str, Any]], saffron_budget: int = 8
+    rows: Sequence[dict[str, Any]], saffron_budget: int | None = None
 ) -> dict[str, Any] | None:
-    """Saffron at ``saffron_budget`` against Best-of-N at the smallest N costing at least as much."""
+    """Saffron at ``saffron_budget`` (default: the largest run) against Best-of-N at the smallest N
+    costing at least as many TFLOPs per prompt."""
+    if saffron_budget is None:
+        saffron_budget = max((r["budget"] for r in rows if r["method"] == "saffron"), default=0)
     saf = next(
         (r for r in rows if r["method"] == "saffron" and r["budget"] == saffron_budget), None
     )
@@ -424,39 +427,80 @@ def matched_comparison(
     return {"saffron": saf, "best_of_n": bon, "asr_ratio": ratio}
 
 
+JUDGE_KEYS: tuple[tuple[str, str], ...] = (
+    ("learned", "learned_unsafe"),
+    ("independent", "independent_unsafe"),
+    ("strings", "strings_unsafe"),
+)
+
+
+def paired_difference(
+    judged: Sequence[Judged],
+    a: MethodSpec,
+    b: MethodSpec,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """ASR(a) - ASR(b) on the prompts both were run on, per judge, with a paired bootstrap 95% CI.
+
+    Resampling prompts (not outputs) keeps each prompt's two verdicts together, so the interval says
+    how much the difference could move with another draw of prompts from the same pool.
+    """
+    import random
+
+    by_a = {j.prompt_id: j for j in judged if j.spec == a}
+    by_b = {j.prompt_id: j for j in judged if j.spec == b}
+    ids = sorted(by_a.keys() & by_b.keys())
+    out: dict[str, Any] = {"n": len(ids)}
+    if not ids:
+        return out
+    rng = random.Random(seed)
+    draws = [[rng.randrange(len(ids)) for _ in ids] for _ in range(n_boot)]
+    for name, attr in JUDGE_KEYS:
+        d = [float(getattr(by_a[i], attr)) - float(getattr(by_b[i], attr)) for i in ids]
+        boots = sorted(sum(d[k] for k in draw) / len(d) for draw in draws)
+        out[name] = {
+            "difference": sum(d) / len(d),
+            "ci95": [boots[int(0.025 * n_boot)], boots[min(n_boot - 1, int(0.975 * n_boot))]],
+        }
+    return out
+
+
 def plot_asr(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> Path:
-    """ASR (learned judge) against TFLOPs per prompt, one line per method (matplotlib, PNG)."""
+    """ASR against TFLOPs per prompt, one panel per judge, one line per method (matplotlib, PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for m in METHODS:
-        pts = sorted(
-            (r["tflops_per_prompt"], r["asr_learned"], r["budget"])
-            for r in rows
-            if r["method"] == m
-        )
-        if not pts:
-            continue
-        xs, ys, bs = zip(*pts, strict=True)
-        ax.plot(xs, ys, marker="o", label=m)
-        for x, y, b in pts:
-            if m != "unguarded":
-                ax.annotate(str(b), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
-    ax.set_xlabel("TFLOPs per prompt (policy + reward models, analytic)")
-    ax.set_ylabel("attack success rate (learned judge)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.2), sharey=True)
+    for ax, (judge, _) in zip(axes, JUDGE_KEYS, strict=True):
+        key = f"asr_{judge}"
+        for m in METHODS:
+            pts = sorted(
+                (r["tflops_per_prompt"], r[key], r["budget"]) for r in rows if r["method"] == m
+            )
+            if not pts:
+                continue
+            xs, ys, _bs = zip(*pts, strict=True)
+            ax.plot(xs, ys, marker="o", label=m)
+            for x, y, b in pts:
+                if m != "unguarded":
+                    ax.annotate(str(b), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
+        ax.set_xlabel("TFLOPs per prompt (policy + reward models)")
+        ax.set_title(f"{judge} judge", fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("attack success rate")
+    axes[0].legend(fontsize=8)
     if title:
-        ax.set_title(title, fontsize=9)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

@@ -19,6 +19,7 @@ from saffron_runtime.evaluation.attack import (
     fingerprint_files,
     matched_comparison,
     over_refusal_table,
+    paired_difference,
 )
 from saffron_runtime.evaluation.refusal import is_refusal
 from saffron_runtime.evaluation.text_judges import TextJudge, load_judges, pyrit_refusal_data
@@ -128,6 +129,13 @@ def report(
 ) -> dict[str, Any]:
     """The ``--json`` document of ``saffron eval attack``."""
     rows = attack_table(attacked, grid)
+    matched = matched_comparison(rows)
+    if matched and matched.get("best_of_n"):
+        spec = {(g.method, g.budget): g for g in grid}
+        saf, bon = matched["saffron"], matched["best_of_n"]
+        matched["paired"] = paired_difference(
+            attacked, spec["saffron", saf["budget"]], spec["best_of_n", bon["budget"]]
+        )
     refusal: TextJudge = harness.refusal_judge
     s = harness.settings
     return {
@@ -137,7 +145,7 @@ def report(
             "results": over_refusal_table(benign, benign_grid) if benign else [],
         },
         "judges": judges_report(harness, data_dir),
-        "matched": matched_comparison(rows),
+        "matched": matched,
         "config": {
             "prompts": str(prompts),
             "n_prompts": len({j.prompt_id for j in attacked}),
