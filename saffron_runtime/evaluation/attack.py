@@ -193,7 +193,7 @@ class GenerationCache:
 
     def put(self, key: str, parts: dict[str, Any], gen: Generation) -> None:
         """Store a generation with the parts of its key (for inspection)."""
-        tmp = self.folder / f"{key}.json.tmp"
+        tmp = self.folder / f"{key}.json.{os.getpid()}.tmp"  # two workers may write one key
         tmp.write_text(json.dumps({"key": parts, "generation": asdict(gen)}))
         os.replace(tmp, self.folder / f"{key}.json")
 
