@@ -212,6 +212,14 @@ def eval_attack_cmd(
     benign: Annotated[
         Path | None, typer.Option(help="Benign prompts JSONL (id, prompt): over-refusal.")
     ] = None,
+    benign_budgets: Annotated[
+        str | None,
+        typer.Option(help="Budgets on the benign prompts (default: --budgets), e.g. 8."),
+    ] = None,
+    benign_bon_n: Annotated[
+        str | None,
+        typer.Option(help="Best-of-N N on the benign prompts (default: --bon-n), e.g. 16."),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write ASR vs TFLOPs here (PNG).")] = None,
     policy: Annotated[str, typer.Option(help="Policy: 'smollm2' or a folder.")] = "smollm2",
@@ -264,10 +272,13 @@ def eval_attack_cmd(
         reward_sees_prefill=reward_sees_prefill,
         judges_see_prefill=judges_see_prefill,
     )
-    grid = method_grid(
-        [m.strip() for m in methods.split(",") if m.strip()],
-        _ints(budgets, "--budgets"),
-        _ints(bon_n, "--bon-n") if bon_n else None,
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    bon = _ints(bon_n, "--bon-n") if bon_n else None
+    grid = method_grid(names, _ints(budgets, "--budgets"), bon)
+    benign_grid = method_grid(
+        names if "unguarded" in names else ["unguarded", *names],  # the over-refusal baseline
+        _ints(benign_budgets, "--benign-budgets") if benign_budgets else _ints(budgets, "--budgets"),
+        _ints(benign_bon_n, "--benign-bon-n") if benign_bon_n else bon,
     )
     harmful = load_prompts(prompts, limit)
     benign_prompts = load_prompts(benign, limit) if benign is not None else []
@@ -280,11 +291,6 @@ def eval_attack_cmd(
             cache_dir=cache,
             settings=settings,
         )
-    benign_grid = (
-        grid
-        if any(s.method == "unguarded" for s in grid)
-        else method_grid(["unguarded"], [1]) + grid
-    )
     total = len(grid) * len(harmful) + len(benign_grid) * len(benign_prompts)
     cols = (
         TextColumn("{task.description}"),

@@ -165,6 +165,11 @@ def test_cli_attack_json_plot_and_benign(saved, prompts_dir, tmp_path):
     assert n_cached == 5 * 2 + 5 * 2
     res2 = runner.invoke(app, args)  # a second run reads everything from the cache, same numbers
     assert res2.exit_code == 0 and json.loads(out.read_text())["results"] == doc["results"]
+    res3 = runner.invoke(app, args + ["--benign-bon-n", "3"])  # over-refusal at the operating points only
+    assert res3.exit_code == 0, res3.output
+    assert [(r["method"], r["budget"]) for r in json.loads(out.read_text())["over_refusal"]["results"]] == [
+        ("unguarded", 1), ("best_of_n", 3), ("prm_beam", 2), ("saffron", 2)]
+    assert len(list((tmp_path / "cache").glob("*.json"))) == n_cached  # all from the cache
     bad = runner.invoke(app, args[:2] + ["--prompts", str(tmp_path / "none.jsonl")])
     assert bad.exit_code == 2 and "does not exist" in bad.output and "Traceback" not in bad.output
     bad = runner.invoke(app, args + ["--methods", "saffron,beam"])
