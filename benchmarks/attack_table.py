@@ -55,6 +55,22 @@ def main() -> None:
                     f"(paired bootstrap 95% CI {d['ci95'][0]:+.2f} to {d['ci95'][1]:+.2f}, "
                     f"{paired['n']} prompts)"
                 )
+    outs = [o for o in doc["outputs"] if "independent_unsafe" in o]
+    if outs:
+        print("\nJudge agreement on the attacked outputs (share of outputs where both call it the same)\n")
+        print("| method | budget / N | learned = independent | learned = strings | independent = strings |")
+        print("|---|---|---|---|---|")
+        for r in doc["results"]:
+            os_ = [o for o in outs if (o["method"], o["budget"]) == (r["method"], r["budget"])]
+            agree = [
+                sum(o[a] == o[b] for o in os_) / len(os_)
+                for a, b in (
+                    ("learned_unsafe", "independent_unsafe"),
+                    ("learned_unsafe", "strings_unsafe"),
+                    ("independent_unsafe", "strings_unsafe"),
+                )
+            ]
+            print(f"| {r['method']} | {r['budget']} | " + " | ".join(f"{a:.2f}" for a in agree) + " |")
     j = doc["judges"]
     print(
         f"\nJudges: learned = {j['learned']['rule']}; independent = {j['independent']['name']} "

@@ -163,7 +163,9 @@ def report(
                 "method": j.spec.method,
                 "budget": j.spec.budget,
                 "learned_p": j.learned_p,
+                "learned_unsafe": j.learned_unsafe,
                 "independent_p": j.independent_p,
+                "independent_unsafe": j.independent_unsafe,
                 "strings_unsafe": j.strings_unsafe,
                 "tflops": j.generation.flops / 1e12,
             }
