@@ -75,12 +75,12 @@ bundled-judges: $(STAMP)
 	$(SAFFRON) eval train-judges --data-dir ../shared/data --out saffron_runtime/bundled/saffron-judges-minilm --json
 
 # The published attack evaluation (F2): 100 AdvBench/Do-Not-Answer test prompts, 10-token prefill,
-# every method at budgets 2,4,8 and Best-of-N at 8,16,32; over-refusal on the XSTest safe test prompts at the
-# operating points (budget 8 and the Best-of-N matched to Saffron's compute, N = 16).
+# every method at budgets 2,4,8 and Best-of-N at 8,16,32; over-refusal on the XSTest safe test prompts for
+# Saffron at budget 8 against unguarded decoding.
 # Hours on one core; the per-prompt cache in $(RUNS)/attack/cache makes it resumable (rerun to go on).
 ATTACK_FLAGS := --prefill 10 --methods unguarded,best_of_n,prm_beam,saffron --budgets 2,4,8 \
   --bon-n 8,16,32 --max-new-tokens 50 --monitor $(JUDGE) --cache $(RUNS)/attack/cache
 eval-attack: bundled-data
 	cd benchmarks && ../$(PY) attack_set.py --splits ../$(RUNS)/data --out ../$(RUNS)/attack
 	$(SAFFRON) eval attack --prompts $(RUNS)/attack/harmful.jsonl --benign $(RUNS)/attack/benign_xstest.jsonl \
-	  --benign-budgets 8 --benign-bon-n 16 $(ATTACK_FLAGS) --json benchmarks/results/attack_smollm2.json --plot benchmarks/results/attack_smollm2.png
+	  --benign-methods saffron --benign-budgets 8 $(ATTACK_FLAGS) --json benchmarks/results/attack_smollm2.json --plot benchmarks/results/attack_smollm2.png

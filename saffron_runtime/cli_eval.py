@@ -212,6 +212,10 @@ def eval_attack_cmd(
     benign: Annotated[
         Path | None, typer.Option(help="Benign prompts JSONL (id, prompt): over-refusal.")
     ] = None,
+    benign_methods: Annotated[
+        str | None,
+        typer.Option(help="Methods on the benign prompts (default: --methods); unguarded always runs."),
+    ] = None,
     benign_budgets: Annotated[
         str | None,
         typer.Option(help="Budgets on the benign prompts (default: --budgets), e.g. 8."),
@@ -275,8 +279,9 @@ def eval_attack_cmd(
     names = [m.strip() for m in methods.split(",") if m.strip()]
     bon = _ints(bon_n, "--bon-n") if bon_n else None
     grid = method_grid(names, _ints(budgets, "--budgets"), bon)
+    b_names = [m.strip() for m in benign_methods.split(",") if m.strip()] if benign_methods else names
     benign_grid = method_grid(
-        names if "unguarded" in names else ["unguarded", *names],  # the over-refusal baseline
+        b_names if "unguarded" in b_names else ["unguarded", *b_names],  # the over-refusal baseline
         _ints(benign_budgets, "--benign-budgets") if benign_budgets else _ints(budgets, "--budgets"),
         _ints(benign_bon_n, "--benign-bon-n") if benign_bon_n else bon,
     )

@@ -170,6 +170,10 @@ def test_cli_attack_json_plot_and_benign(saved, prompts_dir, tmp_path):
     assert [(r["method"], r["budget"]) for r in json.loads(out.read_text())["over_refusal"]["results"]] == [
         ("unguarded", 1), ("best_of_n", 3), ("prm_beam", 2), ("saffron", 2)]
     assert len(list((tmp_path / "cache").glob("*.json"))) == n_cached  # all from the cache
+    res4 = runner.invoke(app, args + ["--benign-methods", "saffron"])
+    assert res4.exit_code == 0, res4.output
+    assert [(r["method"], r["budget"]) for r in json.loads(out.read_text())["over_refusal"]["results"]] == [
+        ("unguarded", 1), ("saffron", 2)]
     bad = runner.invoke(app, args[:2] + ["--prompts", str(tmp_path / "none.jsonl")])
     assert bad.exit_code == 2 and "does not exist" in bad.output and "Traceback" not in bad.output
     bad = runner.invoke(app, args + ["--methods", "saffron,beam"])
