@@ -240,6 +240,12 @@ def eval_attack_cmd(
     cache: Annotated[
         Path, typer.Option(help="Per-prompt generation cache (resume after an interruption).")
     ] = Path(".saffron-cache/attack"),
+    ledger: Annotated[
+        Path | None,
+        typer.Option(
+            help="Verdict ledger JSONL (scores and cost, no text): commit it to resume on a fresh clone."
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N prompts.")] = None,
     reward_sees_prefill: Annotated[
         bool, typer.Option(help="Show the prefill to the MRM/PRM during search.")
@@ -295,6 +301,7 @@ def eval_attack_cmd(
             judges=judges,
             cache_dir=cache,
             settings=settings,
+            ledger=ledger,
         )
     total = len(grid) * len(harmful) + len(benign_grid) * len(benign_prompts)
     cols = (

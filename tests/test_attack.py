@@ -16,6 +16,7 @@ from saffron_runtime.evaluation.attack import (
     Generation,
     Judged,
     MethodSpec,
+    attack_table,
     load_prompts,
     matched_comparison,
     method_grid,
@@ -133,6 +134,44 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(saved, prompts_d
     other.engine.search = lambda *a, **kw: (calls3.append(1), real3(*a, **kw))[1]
     other.run(prompts[:1], grid[:1])
     assert len(calls3) == 1
+
+
+def test_ledger_resumes_a_run_on_a_fresh_clone_without_the_text_cache(saved, prompts_dir, tmp_path):
+    prompts = load_prompts(prompts_dir / "harmful.jsonl")
+    grid = [MethodSpec("unguarded", 1), MethodSpec("saffron", 2), MethodSpec("best_of_n", 2)]
+    ledger = tmp_path / "ledger.jsonl"
+    first = build_harness(policy=str(saved / "policy"), mrm=str(saved / "mrm"), monitor=str(saved / "monitor"),
+                          judges="bundled", cache_dir=tmp_path / "c1", ledger=ledger,
+                          settings=AttackSettings(prefill=2, max_new_tokens=4))
+    whole = first.run(prompts, grid)
+    lines = [json.loads(x) for x in ledger.read_text().splitlines()]
+    assert len(lines) == len(grid) * len(prompts)
+    for row, j in zip(lines, whole, strict=True):  # scores and cost only: no text, no token ids
+        assert "text" not in row and "token_ids" not in row
+        assert row["n_tokens"] == len(j.generation.token_ids) and row["learned_p"] == j.learned_p
+    # a fresh clone: the ledger was committed, the text cache (harmful rollouts) was not
+    with ledger.open("a") as f:
+        f.write('{"key": "torn')  # a writer killed mid-line is skipped
+    fresh = build_harness(policy=str(saved / "policy"), mrm=str(saved / "mrm"), monitor=str(saved / "monitor"),
+                          judges="bundled", cache_dir=tmp_path / "c2", ledger=ledger,
+                          settings=AttackSettings(prefill=2, max_new_tokens=4))
+    calls = []
+    real = fresh.engine.search
+    fresh.engine.search = lambda *a, **kw: (calls.append(1), real(*a, **kw))[1]
+    again = fresh.run(prompts, grid)
+    assert calls == []  # nothing generated again
+    assert [(j.prompt_id, j.spec, j.learned_unsafe, j.independent_unsafe, j.strings_unsafe, j.generation.flops)
+            for j in again] == [(j.prompt_id, j.spec, j.learned_unsafe, j.independent_unsafe, j.strings_unsafe,
+                                 j.generation.flops) for j in whole]
+    assert attack_table(again, grid) == attack_table(whole, grid)
+    # other judges (here: judging the prefill too) do not reuse the ledger's verdicts
+    other = build_harness(policy=str(saved / "policy"), mrm=str(saved / "mrm"), monitor=str(saved / "monitor"),
+                          judges="bundled", cache_dir=tmp_path / "c2", ledger=ledger,
+                          settings=AttackSettings(prefill=2, max_new_tokens=4, judges_see_prefill=True))
+    assert other.run(prompts, grid, cached_only=True) == []
+    assert len(other.run(prompts[:1], grid[:1])) == 1  # generated, judged, appended
+    assert len(ledger.read_text().splitlines()) == len(lines) + 2  # the torn line stays on its own
+    assert json.loads(ledger.read_text().splitlines()[-1])["judges"].endswith(":prefill")
 
 
 def test_cli_attack_json_plot_and_benign(saved, prompts_dir, tmp_path):

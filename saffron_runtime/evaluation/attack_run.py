@@ -3,6 +3,7 @@ JSON report (results, over-refusal, and what each judge is and how accurate it w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from saffron_runtime.evaluation.attack import (
     GenerationCache,
     Judged,
     MethodSpec,
+    VerdictLedger,
     attack_table,
     fingerprint_files,
     matched_comparison,
@@ -22,7 +24,12 @@ from saffron_runtime.evaluation.attack import (
     paired_difference,
 )
 from saffron_runtime.evaluation.refusal import is_refusal
-from saffron_runtime.evaluation.text_judges import TextJudge, load_judges, pyrit_refusal_data
+from saffron_runtime.evaluation.text_judges import (
+    JUDGES_DIR,
+    TextJudge,
+    load_judges,
+    pyrit_refusal_data,
+)
 
 
 def build_harness(
@@ -33,9 +40,11 @@ def build_harness(
     judges: str,
     cache_dir: str | os.PathLike[str],
     settings: AttackSettings,
+    ledger: str | os.PathLike[str] | None = None,
 ) -> AttackHarness:
-    """Policy + MRM (when Saffron runs) + the learned judge (also the PRM and the Best-of-N ranker)."""
-    from saffron_runtime.bundled import DEFAULT_MONITOR, MRM, resolve_bundled
+    """Policy + MRM (when Saffron runs) + the learned judge (also the PRM and the Best-of-N ranker);
+    ``ledger``: the committable verdict ledger to read and append (see :class:`VerdictLedger`)."""
+    from saffron_runtime.bundled import DEFAULT_MONITOR, MRM, bundled_path, resolve_bundled
     from saffron_runtime.models.loading import load_policy
     from saffron_runtime.models.mrm_io import load_mrm
     from saffron_runtime.models.smollm2 import speaks_smollm2
@@ -59,6 +68,9 @@ def build_harness(
     mrm_dir = resolve_bundled(mrm, MRM) if mrm else None
     policy_id = policy if not Path(policy).exists() else fingerprint_files(policy)
     fp = f"{policy_id}:{fingerprint_files(mrm_dir, mon_dir)}"
+    judges_dir = bundled_path(JUDGES_DIR) if judges == "bundled" else Path(judges)
+    see = "prefill" if settings.judges_see_prefill else "continuation"
+    judges_id = f"{_judges_fingerprint(judges_dir)}:{see}"
     return AttackHarness(
         engine,
         learned,
@@ -67,7 +79,22 @@ def build_harness(
         GenerationCache(cache_dir),
         settings=settings,
         fingerprint=fp,
+        ledger=VerdictLedger(ledger) if ledger is not None else None,
+        judges_id=judges_id,
     )
+
+
+def _judges_fingerprint(judges_dir: Path) -> str:
+    """A hash of every file of the independent judges (weights and thresholds) and of the refusal
+    strings: a ledger verdict is reused only under the same judges."""
+    from saffron_runtime.bundled import BUNDLED_DIR
+
+    h = hashlib.sha256()
+    for f in [*sorted(judges_dir.rglob("*.json*")), BUNDLED_DIR / "gcg_refusal_strings.json"]:
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _accuracy(pred: Sequence[bool], labels: Sequence[int]) -> float:
