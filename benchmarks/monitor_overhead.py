@@ -13,6 +13,7 @@ import torch
 from _common import parser, report, setup
 
 from saffron_runtime.models import load_policy
+from saffron_runtime.models.kv import kv_kwargs, returned_kv
 from saffron_runtime.monitor import MonitorRule, SCMMonitor, SCMMonitorModel
 
 PROMPT = "Write a long, friendly story about a lighthouse keeper and the sea."
@@ -38,7 +39,7 @@ def generate(model, tok, n: int, monitor: SCMMonitor | None) -> float:
         t = out.logits[:, -1].argmax(-1, keepdim=True)
         if session is not None and session.feed_ids([int(t)]) is not None:
             break
-        out = model(input_ids=t, past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=t, **kv_kwargs(model, returned_kv(out)), use_cache=True, logits_to_keep=1)
     return n / (time.perf_counter() - t0)
 
 

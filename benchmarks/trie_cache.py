@@ -18,6 +18,7 @@ from transformers import DynamicCache
 
 from saffron_runtime.cache import TrieKVCache, TrieSession
 from saffron_runtime.models import load_policy
+from saffron_runtime.models.kv import kv_kwargs, returned_kv
 
 PROMPTS = [
     "Explain in a few sentences why the sky looks blue during the day and red at sunset, for a curious child.",
@@ -70,16 +71,16 @@ def replay_recompute(model, prompt, plan) -> int:
 def replay_private(model, prompt, plan) -> int:
     """HF beam search style: one private cache per beam, reordered with batch_select_indices."""
     out = model(input_ids=torch.tensor([prompt]), use_cache=True, logits_to_keep=1)
-    cache: DynamicCache = out.past_key_values
+    cache: DynamicCache = returned_kv(out)
     peak, first = 0, True
     for parent_idx, tokens in plan:
         if first:
             cache.batch_repeat_interleave(len(parent_idx))
             first = False
         cache.batch_select_indices(torch.tensor(parent_idx))
-        out = model(input_ids=torch.tensor([[t] for t in tokens]), past_key_values=cache, use_cache=True,
+        out = model(input_ids=torch.tensor([[t] for t in tokens]), **kv_kwargs(model, cache), use_cache=True,
                     logits_to_keep=1)
-        cache = out.past_key_values
+        cache = returned_kv(out)
         peak = max(peak, sum(la.keys.numel() * la.keys.element_size() * 2 for la in cache.layers))
     return peak
 

@@ -27,6 +27,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from saffron_runtime.cache.pool import TokenPool
 from saffron_runtime.errors import ConfigError
+from saffron_runtime.models.kv import kv_kwargs, returned_kv
 
 
 class TrieNode:
@@ -204,7 +205,7 @@ class TrieKVCache:
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 position_ids=position_ids.to(device),
-                past_key_values=cache,
+                **kv_kwargs(self.model, cache),
                 use_cache=True,
                 logits_to_keep=1,
                 output_hidden_states=want_hidden,
@@ -212,7 +213,7 @@ class TrieKVCache:
         self.stats.forwards += 1
         logits = out.logits[:, -1, :].float() if want_logits else None
         hidden = out.hidden_states[-1].float() if want_hidden else None
-        return logits, hidden, out.past_key_values
+        return logits, hidden, returned_kv(out)
 
     def _write_back(self, cache: DynamicCache, slots: torch.Tensor, count: int) -> None:
         """Copy the last ``count`` positions of each row's new KV into the pool slots (row-major)."""

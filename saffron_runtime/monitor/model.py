@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from saffron_runtime.errors import ModelLoadError
 from saffron_runtime.models.chat import chat_prompt_ids
+from saffron_runtime.models.kv import kv_kwargs, returned_kv
 from saffron_runtime.models.loading import load_policy
 from saffron_runtime.models.weights import set_adapter_base, validate_safetensors
 from saffron_runtime.monitor.rules import MonitorRule
@@ -89,11 +90,11 @@ class SCMMonitorModel(torch.nn.Module):
         out = body.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            **kv_kwargs(body.model, past_key_values),
             position_ids=position_ids,
             use_cache=past_key_values is not None,
         )
-        return out.last_hidden_state, out.past_key_values
+        return out.last_hidden_state, returned_kv(out)
 
     @torch.no_grad()
     def score(self, prompt: str, response_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from saffron_runtime.errors import ConfigError
 from saffron_runtime.models.chat import chat_prompt_ids
+from saffron_runtime.models.kv import kv_kwargs
 
 
 @runtime_checkable
@@ -96,7 +97,7 @@ class CausalHeadJudge:
         cache = DynamicCache()
         out = self.backbone(
             input_ids=torch.tensor([base], device=dev),
-            past_key_values=cache,
+            **kv_kwargs(self.backbone, cache),
             use_cache=True,
             output_hidden_states=True,
         )
@@ -104,7 +105,7 @@ class CausalHeadJudge:
         cache.batch_repeat_interleave(n)
         step = self.backbone(
             input_ids=torch.tensor(list(children), device=dev)[:, None],
-            past_key_values=cache,
+            **kv_kwargs(self.backbone, cache),
             use_cache=True,
             output_hidden_states=True,
         )
