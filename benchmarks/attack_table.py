@@ -14,7 +14,9 @@ def main() -> None:
     doc = json.loads(Path(sys.argv[1]).read_text())
     cfg = doc["config"]
     print(
-        f"{cfg['n_prompts']} harmful prompts, prefill {cfg['prefill']}, {cfg['max_new_tokens']} new tokens\n"
+        f"{cfg['n_prompts']} harmful prompts, {cfg['n_benign']} benign, prefill {cfg['prefill']}, "
+        f"{cfg['max_new_tokens']} new tokens; generation wall time "
+        f"{cfg.get('generation_wall_s', float('nan')) / 3600:.2f} h summed over one-thread workers\n"
     )
     print(
         "| method | budget / N | ASR learned | ASR independent | ASR strings | TFLOPs / prompt | s / prompt |"

@@ -196,6 +196,8 @@ def test_cli_attack_json_plot_and_benign(saved, prompts_dir, tmp_path):
     assert doc["judges"]["independent"]["held_out_accuracy"] > 0.7
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert "text" not in doc["outputs"][0]  # no generated text in the report
+    assert doc["config"]["n_prompts"] == 2 and doc["config"]["n_benign"] == 2
+    assert doc["config"]["generation_wall_s"] > 0
     m = doc["matched"]
     assert m["saffron"]["budget"] == 2  # the largest Saffron budget run
     if m["best_of_n"] is not None:

@@ -183,6 +183,8 @@ def report(
             "reward_sees_prefill": s.reward_sees_prefill,
             "judges_see_prefill": s.judges_see_prefill,
             "models": harness.fingerprint,
+            # generation time summed over every output (each on one thread); judging not included
+            "generation_wall_s": sum(j.generation.wall_s for j in [*attacked, *benign]),
         },
         "outputs": [
             {
