@@ -75,13 +75,14 @@ bundled-judges: $(STAMP)
 	$(SAFFRON) eval train-judges --data-dir ../shared/data --out saffron_runtime/bundled/saffron-judges-minilm --json
 
 # The published attack evaluation (F2): 100 AdvBench/Do-Not-Answer test prompts, 10-token prefill,
-# every method at budgets 2,4,8 and Best-of-N at 8,16,32; over-refusal on the XSTest safe test prompts for
-# Saffron at budget 8 against unguarded decoding.
+# every method at budgets 2,4,8 and Best-of-N at 8,16,32, plus Best-of-1 (one sample at the same temperature
+# and top-p: the sampling baseline Saffron's search is read against); over-refusal on the XSTest safe test
+# prompts for Saffron at budget 8 against unguarded decoding.
 # Hours on one core; resumable (rerun to go on): the text cache in $(RUNS)/attack/cache (harmful
 # rollouts, never committed) and the verdict ledger (scores and cost, no text; committed, so a fresh
 # clone goes on where the last sitting stopped).
 ATTACK_FLAGS := --prefill 10 --methods unguarded,best_of_n,prm_beam,saffron --budgets 2,4,8 \
-  --bon-n 8,16,32 --max-new-tokens 50 --monitor $(JUDGE) --cache $(RUNS)/attack/cache \
+  --bon-n 1,8,16,32 --max-new-tokens 50 --monitor $(JUDGE) --cache $(RUNS)/attack/cache \
   --ledger benchmarks/results/attack_ledger.jsonl
 eval-attack: bundled-data
 	cd benchmarks && ../$(PY) attack_set.py --splits ../$(RUNS)/data --out ../$(RUNS)/attack
