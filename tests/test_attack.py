@@ -164,6 +164,11 @@ def test_ledger_resumes_a_run_on_a_fresh_clone_without_the_text_cache(saved, pro
             for j in again] == [(j.prompt_id, j.spec, j.learned_unsafe, j.independent_unsafe, j.strings_unsafe,
                                  j.generation.flops) for j in whole]
     assert attack_table(again, grid) == attack_table(whole, grid)
+    # a grid without Saffron loads no MRM (as the CLI does) and still reuses the other methods' verdicts
+    no_mrm = build_harness(policy=str(saved / "policy"), mrm=None, monitor=str(saved / "monitor"),
+                           judges="bundled", cache_dir=tmp_path / "c3", ledger=ledger,
+                           settings=AttackSettings(prefill=2, max_new_tokens=4))
+    assert len(no_mrm.run(prompts, [grid[0], grid[2]], cached_only=True)) == 2 * len(prompts)
     # other judges (here: judging the prefill too) do not reuse the ledger's verdicts
     other = build_harness(policy=str(saved / "policy"), mrm=str(saved / "mrm"), monitor=str(saved / "monitor"),
                           judges="bundled", cache_dir=tmp_path / "c2", ledger=ledger,

@@ -290,7 +290,10 @@ class AttackHarness:
         fingerprint: str,
         ledger: VerdictLedger | None = None,
         judges_id: str = "",
+        method_fingerprints: dict[str, str] | None = None,
     ) -> None:
+        # the models a method's output depends on; ``fingerprint`` for methods not listed
+        self.method_fingerprints = method_fingerprints or {}
         self.ledger = ledger
         self.judges_id = judges_id  # the independent judges' and refusal strings' identity
         self.engine = engine
@@ -319,7 +322,7 @@ class AttackHarness:
             "max_new_tokens": s.max_new_tokens,
             "seed": s.seed,
             "reward_sees_prefill": s.reward_sees_prefill,
-            "models": self.fingerprint,
+            "models": self.method_fingerprints.get(spec.method, self.fingerprint),
         }
 
     def cached(

@@ -68,6 +68,8 @@ def build_harness(
     mrm_dir = resolve_bundled(mrm, MRM) if mrm else None
     policy_id = policy if not Path(policy).exists() else fingerprint_files(policy)
     fp = f"{policy_id}:{fingerprint_files(mrm_dir, mon_dir)}"
+    # only Saffron reads the MRM: retraining it (or running a grid without Saffron) keeps the others
+    no_mrm = f"{policy_id}:{fingerprint_files(None, mon_dir)}"
     judges_dir = bundled_path(JUDGES_DIR) if judges == "bundled" else Path(judges)
     see = "prefill" if settings.judges_see_prefill else "continuation"
     judges_id = f"{_judges_fingerprint(judges_dir)}:{see}"
@@ -79,6 +81,7 @@ def build_harness(
         GenerationCache(cache_dir),
         settings=settings,
         fingerprint=fp,
+        method_fingerprints={m: no_mrm for m in ("unguarded", "best_of_n", "prm_beam")},
         ledger=VerdictLedger(ledger) if ledger is not None else None,
         judges_id=judges_id,
     )
