@@ -29,7 +29,11 @@ def kv_kwargs(model: Any, cache: Any) -> dict[str, Any]:
 
 
 def returned_kv(out: Any) -> Any:
-    """The KV cache a forward returned (``out.cache`` or ``out.past_key_values``), or None."""
-    if "cache" in out:
-        return out["cache"]
+    """The KV cache a forward returned (``out.cache`` or ``out.past_key_values``), or None.
+
+    An output class with a ``cache`` field is read by that name even when it is None: on transformers
+    >= 5.24 ``out.past_key_values`` is a deprecated alias that logs a warning on every run.
+    """
+    if "cache" in getattr(out, "__dataclass_fields__", {}) or "cache" in out:
+        return out.get("cache")
     return getattr(out, "past_key_values", None)
