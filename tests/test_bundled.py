@@ -98,3 +98,18 @@ def test_bundled_lora_monitor_ships_with_its_card_and_never_touches_the_policy(s
     assert torch.equal(before, smollm2.model.model.layers[-1].self_attn.q_proj.weight)
     assert mon.metadata["variant"] == "lora"
     assert str(mon.rule.model_dump()) in card  # the card states the rule the folder holds
+
+
+def test_loading_the_bundled_adapters_raises_no_third_party_deprecation_warning(smollm2):
+    """PEFT reads transformers' deprecated ``is_gradient_checkpointing`` when it wraps a model; our
+    loaders hide that one FutureWarning so users see only warnings they can act on."""
+    import warnings
+
+    from saffron_runtime.bundled import MONITOR_LORA
+    from saffron_runtime.models import load_mrm
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_monitor(bundled_path(MONITOR_LORA), backbone=smollm2.model, tokenizer=smollm2.tokenizer)
+        load_mrm("bundled", policy_tokenizer=smollm2.tokenizer)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

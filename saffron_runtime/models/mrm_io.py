@@ -21,6 +21,7 @@ from saffron_runtime.bundled import BUNDLED, MRM, resolve_bundled
 from saffron_runtime.errors import ConfigError, ModelLoadError, TokenizerMismatchError
 from saffron_runtime.models.loading import load_policy
 from saffron_runtime.models.mrm import MRMTemplate, MultifurcationRewardModel
+from saffron_runtime.models.peft_quiet import quiet_peft
 from saffron_runtime.models.vocab import check_vocab_compatible
 from saffron_runtime.models.weights import load_tensor_file, set_adapter_base, validate_safetensors
 
@@ -126,7 +127,8 @@ def load_mrm(
     if isinstance(loaded.model, PeftModel):
         raise ConfigError("base is already a PeftModel; pass the plain backbone")
     try:
-        model = PeftModel.from_pretrained(loaded.model, str(folder), is_trainable=False)
+        with quiet_peft():
+            model = PeftModel.from_pretrained(loaded.model, str(folder), is_trainable=False)
     except Exception as e:  # noqa: BLE001 - peft raises size-mismatch RuntimeErrors and others
         raise ModelLoadError(
             f"the adapter in {folder} does not fit the base model {loaded.source}: "

@@ -22,6 +22,7 @@ from saffron_runtime.errors import ModelLoadError
 from saffron_runtime.models.chat import chat_prompt_ids
 from saffron_runtime.models.kv import kv_kwargs, returned_kv
 from saffron_runtime.models.loading import load_policy
+from saffron_runtime.models.peft_quiet import quiet_peft
 from saffron_runtime.models.weights import set_adapter_base, validate_safetensors
 from saffron_runtime.monitor.rules import MonitorRule
 
@@ -207,7 +208,10 @@ def load_monitor(
     if cfg.get("adapter"):
         from peft import PeftModel
 
-        backbone = PeftModel.from_pretrained(backbone, str(p / ADAPTER_DIR), is_trainable=False)
+        with quiet_peft():
+            backbone = PeftModel.from_pretrained(
+                backbone, str(p / ADAPTER_DIR), is_trainable=False
+            )
     monitor = SCMMonitorModel(
         backbone,
         tokenizer,

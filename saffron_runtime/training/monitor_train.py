@@ -23,6 +23,7 @@ from saffron_runtime.cancel import raise_if_stopped
 from saffron_runtime.config import Settings
 from saffron_runtime.jsonl import read_jsonl
 from saffron_runtime.models.loading import LoadedModel, load_policy
+from saffron_runtime.models.peft_quiet import quiet_peft
 from saffron_runtime.monitor.model import SCMMonitorModel, save_monitor
 from saffron_runtime.monitor.rules import MonitorRule, RuleState
 from saffron_runtime.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -225,16 +226,15 @@ def train_monitor(
     loaded = base or load_policy(config.base, dtype="float32")
     backbone = loaded.model
     if config.variant == "lora":
-        backbone = get_peft_model(
-            backbone,
-            LoraConfig(
-                r=config.lora_r,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=0.0,
-                target_modules=list(config.target_modules),
-                layers_to_transform=top_layers(backbone, config.top_layers),
-            ),
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=list(config.target_modules),
+            layers_to_transform=top_layers(backbone, config.top_layers),
         )
+        with quiet_peft():
+            backbone = get_peft_model(backbone, lora)
     else:
         for p in backbone.parameters():
             p.requires_grad_(False)

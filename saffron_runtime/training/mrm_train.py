@@ -26,6 +26,7 @@ from saffron_runtime.jsonl import read_jsonl
 from saffron_runtime.models.loading import LoadedModel, load_policy
 from saffron_runtime.models.mrm import MRMTemplate, MultifurcationRewardModel
 from saffron_runtime.models.mrm_io import save_mrm
+from saffron_runtime.models.peft_quiet import quiet_peft
 from saffron_runtime.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from saffron_runtime.training.lora import top_layers
 from saffron_runtime.training.model_card import write_model_card
@@ -167,7 +168,8 @@ def train_mrm(
         bias="none",
         layers_to_transform=top_layers(loaded.model, config.top_layers),
     )
-    model = get_peft_model(loaded.model, lora)
+    with quiet_peft():
+        model = get_peft_model(loaded.model, lora)
     model.train()
     head = model.get_output_embeddings()
     params = [p for p in model.parameters() if p.requires_grad]
