@@ -48,6 +48,9 @@ bundled-monitor-heads: bundled-data
 	$(SAFFRON) train monitor --data $(RUNS)/data/monitor_train.jsonl --val $(RUNS)/data/monitor_val.jsonl \
 	  --prompt-data $(RUNS)/data/prompts_train.jsonl --out $(RUNS)/monitor-heads --variant heads --epochs 2 \
 	  --batch-size 8 --checkpoint-every 25
+	$(SAFFRON) eval responses --val $(RUNS)/data/monitor_val.jsonl --monitor $(RUNS)/monitor-heads --save --json
+	$(SAFFRON) eval prompts --data $(RUNS)/data/prompts_test.jsonl --val $(RUNS)/data/prompts_val.jsonl \
+	  --monitor $(RUNS)/monitor-heads --max-fpr 0.1 --save --json
 	$(SAFFRON) eval monitor --data $(RUNS)/data/monitor_test.jsonl --monitor $(RUNS)/monitor-heads --json
 
 bundled-mrm: bundled-data
