@@ -223,7 +223,7 @@ def train_mrm(
             bar.update(
                 task,
                 advance=1,
-                loss=float(loss),
+                loss=losses[-1],
                 tps=tokens_seen / max(time.perf_counter() - t0, 1e-9),
             )
             if step % config.checkpoint_every == 0 or step == total:
