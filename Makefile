@@ -36,10 +36,11 @@ SAFFRON := OMP_NUM_THREADS=1 $(VENV)/bin/saffron
 JUDGE := saffron_runtime/bundled/saffron-monitor-smollm2-heads
 LORA_ALL := q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 
-.PHONY: bundled bundled-data bundled-mrm bundled-monitor-heads bundled-monitor-lora bundled-judges eval-attack
+.PHONY: bundled bundled-data bundled-mrm bundled-monitor-heads bundled-monitor-heads-calibrate bundled-monitor-lora \
+  bundled-judges eval-attack
 # The three C2 models, two one-thread jobs at a time (LoRA monitor beside heads monitor, then MRM):
 #   time make -j2 bundled
-bundled: bundled-monitor-lora bundled-monitor-heads bundled-mrm
+bundled: bundled-monitor-lora bundled-monitor-heads bundled-mrm bundled-monitor-heads-calibrate
 
 bundled-data: $(STAMP)
 	$(SAFFRON) data splits --data-dir ../shared/data --out $(RUNS)/data
@@ -48,10 +49,14 @@ bundled-monitor-heads: bundled-data
 	$(SAFFRON) train monitor --data $(RUNS)/data/monitor_train.jsonl --val $(RUNS)/data/monitor_val.jsonl \
 	  --prompt-data $(RUNS)/data/prompts_train.jsonl --out $(RUNS)/monitor-heads --variant heads --epochs 2 \
 	  --batch-size 8 --checkpoint-every 25
+	$(SAFFRON) eval monitor --data $(RUNS)/data/monitor_test.jsonl --monitor $(RUNS)/monitor-heads --json
+
+# The heads monitor's two thresholds, chosen on validation (response_theta: the attack judge's; prompt_theta:
+# the request filter's). Listed last in `bundled` so that under -j2 it takes the core the LoRA monitor frees.
+bundled-monitor-heads-calibrate: bundled-monitor-heads
 	$(SAFFRON) eval responses --val $(RUNS)/data/monitor_val.jsonl --monitor $(RUNS)/monitor-heads --save --json
 	$(SAFFRON) eval prompts --data $(RUNS)/data/prompts_test.jsonl --val $(RUNS)/data/prompts_val.jsonl \
 	  --monitor $(RUNS)/monitor-heads --max-fpr 0.1 --save --json
-	$(SAFFRON) eval monitor --data $(RUNS)/data/monitor_test.jsonl --monitor $(RUNS)/monitor-heads --json
 
 bundled-mrm: bundled-data
 	$(SAFFRON) data rewards --prompts $(RUNS)/data/prompts_train.jsonl --sample 800 \
