@@ -11,6 +11,7 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import HumanMessage
 
+from langchain_saffron.callbacks import SaffronGuardCallbackHandler
 from langchain_saffron.chat_models import ChatSaffron
 from saffron_runtime.errors import ConfigError, GuardrailViolation, PromptError
 from saffron_runtime.guarded import GuardedGeneration
@@ -213,3 +214,45 @@ def test_with_structured_output_by_constrained_decoding(parts, method):
     assert isinstance(out, Answer) and len(out.word) <= 5 and 0 <= out.n <= 9
     raw = model.with_structured_output(Answer, method=method, include_raw=True).invoke("again")
     assert raw["parsing_error"] is None and isinstance(raw["parsed"], Answer)
+
+
+def test_streaming_monitor_is_the_monitor_it_checks_with_and_read_only(parts):
+    watcher = CallableMonitor(flag_long, every_chars=1)
+    model = chat(parts, monitor=watcher)
+    assert model.streaming_monitor is watcher and chat(parts, monitor=None).streaming_monitor is None
+    with pytest.raises((AttributeError, ValueError)):
+        model.streaming_monitor = None
+
+
+class _QuietGuard(SaffronGuardCallbackHandler):
+    """The real guard, with its violation logged instead of raised: only its stop event can end the
+    search, so the model must listen to it."""
+
+    raise_error = False
+
+
+@pytest.mark.parametrize("mode", ["invoke", "stream", "astream"])
+def test_a_guard_callbacks_stop_event_ends_the_search(parts, mode):
+    model = chat(parts, monitor=None, max_tokens=40, min_new_tokens=40, max_commit_lag=1)
+    guard = _QuietGuard(CallableMonitor(flag_long, every_chars=1))
+    config = {"callbacks": [guard]}
+    if mode == "invoke":
+        msg = model.invoke("go", config=config)
+    elif mode == "stream":
+        *_, msg = model.stream("go", config=config)
+    else:
+
+        async def last() -> Any:
+            return [c async for c in model.astream("go", config=config)][-1]
+
+        msg = asyncio.run(last())
+    stats = msg.response_metadata["saffron"]["stats"]
+    assert guard.verdicts, "the guard's monitor fired"
+    assert stats["stopped"] and stats["stop_reason"] == "stop event set"
+    assert stats["steps"] < 40  # it stopped growing once the guard fired
+
+
+def test_a_raising_guard_stops_the_search_too(parts):
+    model = chat(parts, monitor=None, max_tokens=40, min_new_tokens=40, max_commit_lag=1)
+    with pytest.raises(GuardrailViolation):
+        model.invoke("go", config={"callbacks": [SaffronGuardCallbackHandler(CallableMonitor(flag_long, every_chars=1))]})
