@@ -231,21 +231,28 @@ class _QuietGuard(SaffronGuardCallbackHandler):
     raise_error = False
 
 
-@pytest.mark.parametrize("mode", ["invoke", "stream", "astream"])
+@pytest.mark.parametrize("mode", ["invoke", "_stream", "_astream"])
 def test_a_guard_callbacks_stop_event_ends_the_search(parts, mode):
+    """``invoke`` hands ``_generate`` the run manager; LangChain's ``stream``/``astream`` do not pass
+    one to ``_stream``/``_astream``, so those hooks are driven here with a real one."""
+    from langchain_core.callbacks import AsyncCallbackManager, CallbackManager
+
     model = chat(parts, monitor=None, max_tokens=40, min_new_tokens=40, max_commit_lag=1)
     guard = _QuietGuard(CallableMonitor(flag_long, every_chars=1))
-    config = {"callbacks": [guard]}
+    messages = [HumanMessage("go")]
     if mode == "invoke":
-        msg = model.invoke("go", config=config)
-    elif mode == "stream":
-        *_, msg = model.stream("go", config=config)
+        msg = model.invoke(messages, config={"callbacks": [guard]})
+    elif mode == "_stream":
+        [run] = CallbackManager.configure([guard]).on_chat_model_start({}, [messages])
+        *_, last = model._stream(messages, run_manager=run)
+        msg = last.message
     else:
 
-        async def last() -> Any:
-            return [c async for c in model.astream("go", config=config)][-1]
+        async def drive() -> Any:
+            [run] = await AsyncCallbackManager.configure([guard]).on_chat_model_start({}, [messages])
+            return [c async for c in model._astream(messages, run_manager=run)][-1].message
 
-        msg = asyncio.run(last())
+        msg = asyncio.run(drive())
     stats = msg.response_metadata["saffron"]["stats"]
     assert guard.verdicts, "the guard's monitor fired"
     assert stats["stopped"] and stats["stop_reason"] == "stop event set"
