@@ -21,9 +21,9 @@ from saffron_runtime.evaluation.attack import (
     matched_comparison,
     method_grid,
     paired_difference,
+    build_harness,
     reference_start,
 )
-from saffron_runtime.evaluation.attack_run import build_harness
 
 runner = CliRunner()
 HARMFUL = [
