@@ -17,11 +17,11 @@ from saffron_runtime.evaluation.attack import (
     Judged,
     MethodSpec,
     attack_table,
+    build_harness,
     load_prompts,
     matched_comparison,
     method_grid,
     paired_difference,
-    build_harness,
     reference_start,
 )
 
