@@ -9,18 +9,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from saffron_runtime.evaluation.attack import (
-    AttackHarness,
-    AttackSettings,
-    GenerationCache,
-    Judged,
-    MethodSpec,
-    VerdictLedger,
+from saffron_runtime.evaluation.attack.grid import AttackSettings, MethodSpec
+from saffron_runtime.evaluation.attack.harness import AttackHarness, Judged
+from saffron_runtime.evaluation.attack.stats import (
     attack_table,
-    fingerprint_files,
     matched_comparison,
     over_refusal_table,
     paired_difference,
+)
+from saffron_runtime.evaluation.attack.store import (
+    GenerationCache,
+    VerdictLedger,
+    fingerprint_files,
 )
 from saffron_runtime.evaluation.refusal import is_refusal
 from saffron_runtime.evaluation.text_judges import (
