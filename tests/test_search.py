@@ -1,4 +1,4 @@
-"""A3 search on tiny random models: configs, per-node reward accounting, the default and faithful
+"""Search on tiny random models: configs, per-node reward accounting, the default and faithful
 finished-beam rules, streaming commits (multi-byte text, max_commit_lag), stop event, baselines."""
 
 from __future__ import annotations

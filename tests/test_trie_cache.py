@@ -1,4 +1,4 @@
-"""A2 trie KV cache: exact logits for any tree (property test), sharing, eviction, reuse, threads."""
+"""Trie KV cache: exact logits for any tree (property test), sharing, eviction, reuse, threads."""
 
 from __future__ import annotations
 
