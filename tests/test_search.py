@@ -1,4 +1,4 @@
-"""A3 search on tiny random models: configs, per-node reward accounting, the default and faithful
+"""Search on tiny random models: configs, per-node reward accounting, the default and faithful
 finished-beam rules, streaming commits (multi-byte text, max_commit_lag), stop event, baselines."""
 
 from __future__ import annotations
@@ -72,21 +72,127 @@ def test_invalid_config_names_field_and_range(field, value, msg):
         SearchConfig(bugdet=3)
 
 
-def test_one_reward_forward_per_saffron_node_and_k_per_prm_node(models):
+class _CountingForward:
+    """Wraps a model's ``forward``: counts sequences run (a batch of b rows is b forwards)."""
+
+    def __init__(self, forward):
+        self.forward = forward
+        self.sequences = 0
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        self.sequences += int(ids.shape[0])
+        self.calls += 1
+        return self.forward(*args, **kwargs)
+
+
+def test_one_reward_forward_per_saffron_node_and_k_per_prm_node(models, monkeypatch):
     eng = make_engine(models)
+    counter = _CountingForward(models.reward_backbone.forward)
+    monkeypatch.setattr(models.reward_backbone, "forward", counter)  # the MRM's and the PRM's backbone
+    eng.reset_caches()
     r, _ = run(eng, method="saffron", budget=3, max_new_tokens=10)
     assert r.stats.expanded_nodes > 10 and r.stats.reward_forwards == r.stats.expanded_nodes
+    # one reward vector per ranked node: the prompt's (one prefill) and one batched row per child kept
+    assert counter.sequences == r.stats.expanded_nodes and counter.calls == r.stats.steps
     for k in (2, 5):
+        counter.sequences = counter.calls = 0
         r, _ = run(eng, method="prm_beam", budget=3, prm_children=k, max_new_tokens=10)
         assert r.stats.reward_forwards == k * r.stats.expanded_nodes
+        assert counter.sequences == 1 + k * r.stats.expanded_nodes  # the prompt, then k per node
+        assert counter.calls == 1 + r.stats.steps
     assert r.stats.flops_policy > 0 and r.stats.flops_reward > 0 and r.stats.wall_s > 0
 
 
-def test_saffron_keeps_global_top_budget_by_reward_and_masks_unseen(models):
+def _record_saffron_steps(monkeypatch) -> list[tuple[list[list[int]], list[tuple[tuple[int, ...], int]]]]:
+    """Patch Saffron's selection to record, per step, the frontier it ranked and the kept children
+    as (parent response ids, token) pairs (children that joined the frontier or the finished pool)."""
+    from saffron_runtime.search.frontier import FrontierSearch
+    from saffron_runtime.search.saffron import Saffron
+
+    steps: list = []
+
+    def select(self, frontier, pool, cands):
+        before = {id(b) for b in pool}
+        ranked = [b.ids for b in frontier if not b.finished]
+        new_frontier, new_pool, grow = FrontierSearch.select(self, frontier, pool, cands)
+        kept = new_frontier + [b for b in new_pool if id(b) not in before]
+        steps.append((ranked, sorted((tuple(b.ids[:-1]), b.ids[-1]) for b in kept)))
+        return new_frontier, new_pool, grow
+
+    monkeypatch.setattr(Saffron, "select", select)
+    return steps
+
+
+def _policy_nucleus(eng: SearchEngine, prompt_ids: list[int], ids: list[int], top_p: float,
+                    min_new_tokens: int) -> set[int]:
+    """The policy's nucleus after ``ids``, from an uncached forward: a token is in it when the
+    probability ranked above it is below ``top_p``; EOS is banned before ``min_new_tokens``."""
+    with torch.no_grad():
+        logits = eng.policy.model(torch.tensor([prompt_ids + ids])).logits[0, -1].float()
+    if len(ids) < min_new_tokens:
+        logits[sorted(eng.eos_ids)] = float("-inf")
+    probs = torch.softmax(logits, -1).tolist()
+    kept, mass = set(), 0.0
+    for t in sorted(range(len(probs)), key=lambda t: -probs[t]):
+        if (mass >= top_p and kept) or probs[t] == 0:
+            break
+        kept.add(t)
+        mass += probs[t]
+    return kept
+
+
+def _mrm_rewards(eng: SearchEngine, ids: list[int]) -> torch.Tensor:
+    """The MRM's reward vector after ``ids``, from an uncached forward, unseen tokens masked."""
+    mrm = eng.mrm
+    prefix = mrm.template.prompt_ids(mrm.tokenizer, PROMPT)
+    raw = mrm.rewards(torch.tensor([prefix + ids]))[0]
+    return raw.masked_fill(mrm.unseen_mask[: raw.shape[0]], -1024.0)
+
+
+def test_saffron_keeps_global_top_budget_by_reward_and_masks_unseen(models, monkeypatch):
     eng = make_engine(models, unseen_every=2)
-    r, _ = run(eng, method="saffron", budget=4, max_new_tokens=6)
+    steps = _record_saffron_steps(monkeypatch)
+    budget, top_p = 4, 0.8
+    r, _ = run(eng, method="saffron", budget=budget, max_new_tokens=6, top_p=top_p)
+    prompt_ids = eng.chat_prompt_ids(PROMPT)
+    assert len(steps) >= 3 and any(len(ranked) > 1 for ranked, _ in steps)
+    for ranked, kept in steps:
+        # brute force: every (frontier node, nucleus child) pair, ranked by the MRM's reward
+        pairs = []
+        for ids in ranked:
+            rewards = _mrm_rewards(eng, ids)
+            for t in _policy_nucleus(eng, prompt_ids, ids, top_p, 1):
+                pairs.append((float(rewards[t]), tuple(ids), t))
+        pairs.sort(key=lambda p: -p[0])
+        expected, n_live = [], 0
+        for rank_i, (_, parent, t) in enumerate(pairs):
+            if n_live >= budget:
+                break
+            if t in eng.eos_ids:  # a finished hypothesis counts only within the top budget
+                if rank_i < budget:
+                    expected.append((parent, t))
+                continue
+            n_live += 1
+            expected.append((parent, t))
+        assert kept == sorted(expected)
     mask = eng.mrm.unseen_mask
     assert not any(bool(mask[t]) for t in r.token_ids if t != eng.policy.tokenizer.eos_token_id)
+    assert not any(bool(mask[t]) for _, kept in steps for _, t in kept)
+
+
+def test_every_saffron_child_lies_in_its_parents_policy_nucleus(models, monkeypatch):
+    eng = make_engine(models)
+    steps = _record_saffron_steps(monkeypatch)
+    prompt_ids = eng.chat_prompt_ids(PROMPT)
+    for top_p in (0.3, 0.9):
+        steps.clear()
+        run(eng, method="saffron", budget=4, max_new_tokens=6, top_p=top_p, min_new_tokens=3)
+        kept = [pair for _, step_kept in steps for pair in step_kept]
+        assert len(kept) >= 8
+        for parent, t in kept:
+            assert t in _policy_nucleus(eng, prompt_ids, list(parent), top_p, 3), (parent, t)
 
 
 def test_default_rule_returns_best_finished_hypothesis(models):

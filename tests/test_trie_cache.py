@@ -1,4 +1,4 @@
-"""A2 trie KV cache: exact logits for any tree (property test), sharing, eviction, reuse, threads."""
+"""Trie KV cache: exact logits for any tree (property test), sharing, eviction, reuse, threads."""
 
 from __future__ import annotations
 
@@ -144,3 +144,41 @@ def test_eight_threads_share_one_trie_without_corruption(model):
         t.join()
     assert not errors, errors[0]
     assert cache.stats.evictions > 0
+
+
+def _all_nodes(cache):
+    out, stack = [], list(cache.root.children.values())
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        stack.extend(n.children.values())
+    return out
+
+
+def test_evictable_leaves_are_kept_up_to_date(model):
+    """The leaf set eviction reads equals a full walk's unreferenced leaves after every change,
+    and nodes of a cleared tree never join it (their slots belong to a dropped pool)."""
+    cache = TrieKVCache(model)
+
+    def check():
+        walk = {n for n in _all_nodes(cache) if not n.children and n.refs == 0}
+        assert cache._leaves.leaves == walk
+
+    live = TrieSession(cache)
+    root = cache.prefill([1, 2, 3], session=live).nodes[0]
+    check()
+    so = cache.extend([root, root, root], [4, 5, 4], session=live)
+    check()
+    live.set_live(so.nodes[:1])  # [1,2,3,5] becomes an unreferenced leaf
+    check()
+    cache.prefill([1, 2, 9])
+    check()
+    cache.evict(4 * cache.pool.bytes_per_token)
+    check()
+    assert cache.match([1, 2, 3, 4]).token == 4  # the referenced leaf and its path survive
+    cache.clear()
+    live.close()  # unpins nodes of the old tree
+    assert cache._leaves.leaves == set() and cache.num_nodes == 0
+    cache.prefill([7, 8])
+    check()
+    assert cache.evict(0) == 2 and cache.pool.used == 0

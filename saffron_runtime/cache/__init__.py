@@ -1,4 +1,4 @@
-"""Trie-shaped KV cache over a per-layer token pool (A2)."""
+"""Trie-shaped KV cache over a per-layer token pool."""
 
 from saffron_runtime.cache.pool import TokenPool
 from saffron_runtime.cache.trie import CacheStats, StepOutput, TrieKVCache, TrieNode, TrieSession

@@ -14,89 +14,22 @@ serialised by one lock, so concurrent searches on one model share the trie safel
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import threading
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from saffron_runtime.cache.eviction import LruLeaves
+from saffron_runtime.cache.node import CacheStats, StepOutput, TrieNode
+from saffron_runtime.cache.paths import gather_paths, path_of, write_back
 from saffron_runtime.cache.pool import TokenPool
 from saffron_runtime.errors import ConfigError
 from saffron_runtime.models.kv import kv_kwargs, returned_kv
 
-
-class TrieNode:
-    """One token in the trie: its parent, its KV slot, its children; ``payload`` is the search's."""
-
-    __slots__ = (
-        "token",
-        "parent",
-        "depth",
-        "slot",
-        "children",
-        "refs",
-        "last_access",
-        "payload",
-        "path",
-        "__weakref__",
-    )
-
-    def __init__(self, token: int, parent: TrieNode | None, depth: int, slot: int) -> None:
-        self.token = token
-        self.parent = parent
-        self.depth = depth
-        self.slot = slot
-        self.children: dict[int, TrieNode] = {}
-        self.refs = 0
-        self.last_access = 0
-        self.payload: Any = None
-        self.path: torch.Tensor | None = None  # slot path, cached only while on a frontier
-
-    def token_ids(self) -> list[int]:
-        """Tokens from the root to this node (a walk up the parents; for results, not the hot path)."""
-        out, n = [], self
-        while n.parent is not None:
-            out.append(n.token)
-            n = n.parent
-        return out[::-1]
-
-    def __repr__(self) -> str:
-        return f"TrieNode(token={self.token}, depth={self.depth}, slot={self.slot})"
-
-
-@dataclass
-class StepOutput:
-    """The nodes a step produced and their fp32 outputs (logits and/or last hidden states)."""
-
-    nodes: list[TrieNode]
-    logits: torch.Tensor | None
-    hidden: torch.Tensor | None
-    tokens_computed: int
-    kv_bytes_copied: int
-
-
-@dataclass
-class CacheStats:
-    """Counters: tokens served from the trie (hits), computed (misses), bytes gathered per step."""
-
-    hits: int = 0
-    misses: int = 0
-    tokens_computed: int = 0
-    forwards: int = 0
-    evictions: int = 0
-    kv_bytes_copied: int = 0
-    peak_bytes: int = 0
-    kv_bytes_copied_per_step: list[int] = field(default_factory=list)
-
-    def snapshot(self) -> dict[str, Any]:
-        """A JSON-friendly copy without the per-step list."""
-        return {k: v for k, v in self.__dict__.items() if k != "kv_bytes_copied_per_step"}
-
+__all__ = ["CacheStats", "StepOutput", "TrieKVCache", "TrieNode", "TrieSession"]
 
 _REGISTRY: weakref.WeakKeyDictionary[torch.nn.Module, TrieKVCache] = weakref.WeakKeyDictionary()
 _REGISTRY_LOCK = threading.Lock()
@@ -118,6 +51,7 @@ class TrieKVCache:
         self.lock = threading.RLock()
         self._clock = itertools.count(1)
         self._nodes = 0
+        self._leaves = LruLeaves(self.root)
 
     @classmethod
     def for_model(cls, model: PreTrainedModel, *, max_bytes: int | None = None) -> TrieKVCache:
@@ -154,40 +88,11 @@ class TrieKVCache:
             )
         return self.pool
 
-    # ------------------------------------------------------------------ paths
-    def _path_of(self, node: TrieNode) -> torch.Tensor:
-        if node.path is not None:
-            return node.path
-        slots, n = [], node
-        while n.parent is not None:
-            slots.append(n.slot)
-            n = n.parent
-        return torch.tensor(slots[::-1], dtype=torch.long)
-
-    def _gather(self, paths: list[torch.Tensor]) -> tuple[DynamicCache, torch.Tensor, int]:
-        """A batched cache of the given slot paths (left-padded), its 2-D mask, and bytes copied."""
-        pool = self._ensure_pool()
-        width = max(int(p.shape[0]) for p in paths)
-        index = torch.zeros((len(paths), width), dtype=torch.long)
-        mask = torch.zeros((len(paths), width), dtype=torch.long)
-        for i, p in enumerate(paths):
-            if p.shape[0]:
-                index[i, width - p.shape[0] :] = p
-                mask[i, width - p.shape[0] :] = 1
-        index = index.to(pool.device)
-        layers = [pool.gather(layer, index) for layer in range(pool.n_layers)] if width else []
-        cache = DynamicCache(config=self.model.config)
-        for layer, (k, v) in enumerate(layers):
-            lay = cache.layers[layer]
-            lay.lazy_initialization(k, v)
-            lay.keys, lay.values = k, v  # adopt the gathered tensors: no second copy
-        copied = len(paths) * width * pool.bytes_per_token
-        return cache, mask, copied
-
     def _new_child(self, parent: TrieNode, token: int, slot: int) -> TrieNode:
         child = TrieNode(token, parent, parent.depth + 1, slot)
         parent.children[token] = child
         self._nodes += 1
+        self._leaves.child_added(parent, child)
         return child
 
     def _forward(
@@ -215,21 +120,17 @@ class TrieKVCache:
         hidden = out.hidden_states[-1].float() if want_hidden else None
         return logits, hidden, returned_kv(out)
 
-    def _write_back(self, cache: DynamicCache, slots: torch.Tensor, count: int) -> None:
-        """Copy the last ``count`` positions of each row's new KV into the pool slots (row-major)."""
-        pool = self._ensure_pool()
-        for layer in range(pool.n_layers):
-            lay = cache.layers[layer]
-            k = lay.keys[:, :, -count:, :].transpose(1, 2).reshape(-1, pool.kv_heads, pool.head_dim)
-            v = (
-                lay.values[:, :, -count:, :]
-                .transpose(1, 2)
-                .reshape(-1, pool.kv_heads, pool.head_dim)
-            )
-            pool.write(layer, slots.to(pool.device), k, v)
-
     def _touch(self, node: TrieNode) -> None:
         node.last_access = next(self._clock)
+
+    def _ref(self, node: TrieNode) -> None:
+        node.refs += 1
+        self._leaves.update(node)
+
+    def _unref(self, node: TrieNode) -> None:
+        node.refs -= 1
+        if node.refs == 0:
+            self._leaves.update(node)
 
     # ------------------------------------------------------------------ public operations
     def match(self, token_ids: Sequence[int]) -> TrieNode:
@@ -266,10 +167,10 @@ class TrieKVCache:
                 matched += 1
                 self._touch(node)
             rest = ids[matched:]
-            past = self._path_of(node)
-            cache, mask, copied = self._gather([past])
-            n_new = len(rest)
             pool = self._ensure_pool()
+            past = path_of(node)
+            cache, mask, copied = gather_paths(pool, self.model.config, [past])
+            n_new = len(rest)
             # reuse the slot of an already-cached last token, allocate the rest
             existing_last = node.children.get(rest[0]) if n_new == 1 else None
             slots = [existing_last.slot] if existing_last is not None else pool.alloc(n_new)
@@ -278,7 +179,7 @@ class TrieKVCache:
             logits, hidden, cache = self._forward(
                 torch.tensor([rest]), att, pos, cache, True, want_hidden
             )
-            self._write_back(cache, torch.tensor(slots), n_new)
+            write_back(pool, cache, torch.tensor(slots), n_new)
             for t, s in zip(rest, slots, strict=True):
                 child = node.children.get(t)
                 node = child if child is not None else self._new_child(node, t, s)
@@ -314,17 +215,9 @@ class TrieKVCache:
             return StepOutput([], None, None, 0, 0)
         with self.lock:
             pool = self._ensure_pool()
-            unique: dict[tuple[int, int], int] = {}
-            order: list[tuple[TrieNode, int]] = []
-            row_of: list[int] = []
-            for p, t in zip(parents, tokens, strict=True):
-                key = (id(p), int(t))
-                if key not in unique:
-                    unique[key] = len(order)
-                    order.append((p, int(t)))
-                row_of.append(unique[key])
-            paths = [self._path_of(p) for p, _ in order]
-            cache, mask, copied = self._gather(paths)
+            order, row_of = _unique_pairs(parents, tokens)
+            paths = [path_of(p) for p, _ in order]
+            cache, mask, copied = gather_paths(pool, self.model.config, paths)
             new_pairs = [(p, t) for p, t in order if t not in p.children]
             fresh = iter(pool.alloc(len(new_pairs)))
             slots = [p.children[t].slot if t in p.children else next(fresh) for p, t in order]
@@ -333,7 +226,7 @@ class TrieKVCache:
             ids = torch.tensor([[t] for _, t in order])
             logits, hidden, cache = self._forward(ids, att, pos, cache, want_logits, want_hidden)
             slot_t = torch.tensor(slots, dtype=torch.long)
-            self._write_back(cache, slot_t, 1)
+            write_back(pool, cache, slot_t, 1)
             nodes = []
             for (p, t), s, path in zip(order, slots, paths, strict=True):
                 child = p.children.get(t) or self._new_child(p, t, s)
@@ -374,32 +267,13 @@ class TrieKVCache:
         with self.lock:
             if self.pool is None:
                 return 0
+            excess = self.current_bytes - target_bytes
             per = self.pool.bytes_per_token
-            leaves = [n for n in self._iter_nodes() if not n.children and n.refs == 0]
-            heap = [(n.last_access, id(n), n) for n in leaves]
-            heapq.heapify(heap)
-            freed: list[int] = []
-            while heap and self.current_bytes - len(freed) * per > target_bytes:
-                _, _, n = heapq.heappop(heap)
-                parent = n.parent
-                assert parent is not None
-                del parent.children[n.token]
-                freed.append(n.slot)
-                self._nodes -= 1
-                n.parent = None
-                if parent is not self.root and not parent.children and parent.refs == 0:
-                    heapq.heappush(heap, (parent.last_access, id(parent), parent))
+            freed = self._leaves.evict(-(-excess // per) if excess > 0 else 0)
+            self._nodes -= len(freed)
             self.pool.free(freed)
             self.stats.evictions += len(freed)
             return len(freed)
-
-    def _iter_nodes(self) -> list[TrieNode]:
-        out, stack = [], list(self.root.children.values())
-        while stack:
-            n = stack.pop()
-            out.append(n)
-            stack.extend(n.children.values())
-        return out
 
     def clear(self) -> None:
         """Drop every node and the pool (e.g. after the model's weights changed)."""
@@ -407,6 +281,7 @@ class TrieKVCache:
             self.root = TrieNode(-1, None, 0, -1)
             self.pool = None
             self._nodes = 0
+            self._leaves = LruLeaves(self.root)
 
 
 class TrieSession:
@@ -420,7 +295,7 @@ class TrieSession:
         """Reference nodes until :meth:`set_live` drops them or the session closes."""
         with self.cache.lock:
             for n in nodes:
-                n.refs += 1
+                self.cache._ref(n)
                 self._pinned.append(n)
 
     def set_live(self, nodes: Sequence[TrieNode]) -> None:
@@ -430,7 +305,7 @@ class TrieSession:
             self._pinned = []
             self.pin(nodes)
             for n in old:
-                n.refs -= 1
+                self.cache._unref(n)
             self.cache.enforce_budget()
 
     def close(self) -> None:
@@ -442,3 +317,19 @@ class TrieSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _unique_pairs(
+    parents: Sequence[TrieNode], tokens: Sequence[int]
+) -> tuple[list[tuple[TrieNode, int]], list[int]]:
+    """The distinct ``(parent, token)`` pairs in first-seen order, and each input's row among them."""
+    unique: dict[tuple[int, int], int] = {}
+    order: list[tuple[TrieNode, int]] = []
+    row_of: list[int] = []
+    for p, t in zip(parents, tokens, strict=True):
+        key = (id(p), int(t))
+        if key not in unique:
+            unique[key] = len(order)
+            order.append((p, int(t)))
+        row_of.append(unique[key])
+    return order, row_of

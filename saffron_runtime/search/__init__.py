@@ -1,4 +1,4 @@
-"""Search: Saffron with conservative exploration, and baselines at equal compute (A3)."""
+"""Search: Saffron with conservative exploration, and baselines at equal compute."""
 
 from saffron_runtime.search.config import SearchConfig
 from saffron_runtime.search.engine import SearchEngine, SearchStream, StreamChunk

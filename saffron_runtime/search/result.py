@@ -7,6 +7,15 @@ from typing import Any
 
 
 @dataclass
+class StreamChunk:
+    """Newly committed tokens and the text they complete (may be empty mid-character)."""
+
+    token_ids: list[int]
+    text: str
+    step: int = 0  # search steps completed when these tokens were committed
+
+
+@dataclass
 class SearchStats:
     """Compute accounting; reward forwards count one per (sequence, new token), however batched."""
 

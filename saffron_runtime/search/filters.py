@@ -1,0 +1,180 @@
+"""Candidate filters: each decoding constraint is one small object, composed in a list.
+
+In the spirit of Hugging Face's ``LogitsProcessor``: a logits filter maps a beam's next-token
+logits to new logits (``-inf`` removes a token), a reward filter maps the rewards of a beam's
+candidate children to new rewards, a stop criterion says whether a beam has ended. A method
+composes the ones it needs; a new constraint is a new class here, not an edit of every loop.
+Every mask is created on the device of the tensor it meets.
+
+Example:
+    >>> import torch
+    >>> from saffron_runtime.search.beam import Beam
+    >>> beam = Beam(pnode=None, ids=[], score=0.0)  # no token yet: EOS (id 2) is banned
+    >>> children = Nucleus(0.9, [EosBan({2}, min_new_tokens=1)])
+    >>> token_ids, probs = children(beam, torch.tensor([0.0, 1.0, 5.0]))
+    >>> token_ids.tolist()
+    [1, 0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from saffron_runtime.errors import ConfigError
+from saffron_runtime.models.mrm import MultifurcationRewardModel
+from saffron_runtime.search.beam import Beam
+from saffron_runtime.search.decode import decode
+from saffron_runtime.search.nucleus import nucleus
+
+NEG_INF = float("-inf")
+
+
+class LogitsFilter(Protocol):
+    """Maps a beam's next-token logits ``[vocab]`` to processed logits of the same shape."""
+
+    def __call__(self, beam: Beam, logits: torch.Tensor) -> torch.Tensor: ...
+
+
+class RewardFilter(Protocol):
+    """Maps the rewards ``[n]`` of a beam's candidate tokens ``[n]`` to processed rewards."""
+
+    def __call__(
+        self, beam: Beam, token_ids: torch.Tensor, rewards: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
+class Temperature:
+    """Divides logits by the temperature (sampling baselines only; Saffron ranks, never samples)."""
+
+    def __init__(self, temperature: float) -> None:
+        if temperature <= 0:
+            raise ConfigError(
+                f"temperature={temperature} must be > 0 to scale logits; use greedy choice for 0"
+            )
+        self.temperature = temperature
+
+    def __call__(self, beam: Beam, logits: torch.Tensor) -> torch.Tensor:
+        return logits / self.temperature
+
+
+class EosBan:
+    """Bans every EOS token while the beam has fewer than ``min_new_tokens`` tokens."""
+
+    def __init__(self, eos_ids: Iterable[int], min_new_tokens: int) -> None:
+        self.eos_ids = sorted(int(e) for e in eos_ids)
+        self.min_new_tokens = min_new_tokens
+
+    def __call__(self, beam: Beam, logits: torch.Tensor) -> torch.Tensor:
+        if len(beam.ids) >= self.min_new_tokens or not self.eos_ids:
+            return logits
+        eos_token_mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        eos_token_mask[self.eos_ids] = True
+        return logits.masked_fill(eos_token_mask, NEG_INF)
+
+
+class GrammarBan:
+    """Bans the tokens the beam's grammar state does not allow (tokens past its vocabulary too)."""
+
+    def __call__(self, beam: Beam, logits: torch.Tensor) -> torch.Tensor:
+        if beam.constraint is None:
+            return logits
+        allowed = beam.constraint.allowed()
+        width = logits.shape[-1]
+        disallowed = torch.ones(width, dtype=torch.bool, device=logits.device)
+        disallowed[: allowed.shape[0]] = ~allowed[:width].to(logits.device)
+        return logits.masked_fill(disallowed, NEG_INF)
+
+
+class Nucleus:
+    """The candidate children of a beam: the top-``top_p`` set of its filtered logits.
+
+    Returns token ids and probabilities, most likely first (see :func:`nucleus`); a tiny
+    ``top_p`` keeps only the most likely token (greedy choice).
+    """
+
+    def __init__(self, top_p: float, filters: Sequence[LogitsFilter] = ()) -> None:
+        self.top_p = top_p
+        self.filters = list(filters)
+
+    def __call__(self, beam: Beam, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores_processed = logits
+        for logits_filter in self.filters:
+            scores_processed = logits_filter(beam, scores_processed)
+        return nucleus(scores_processed, self.top_p)
+
+
+class UnseenRewardMask:
+    """MRM reward vectors indexed by policy token id, never-supervised tokens set to ``unseen``.
+
+    This is Saffron's conservative exploration: an unseen token cannot outrank a supervised one.
+    """
+
+    def __init__(self, mrm: MultifurcationRewardModel, policy_vocab: int, unseen: float) -> None:
+        self.mrm = mrm
+        self.policy_vocab = policy_vocab
+        self.unseen = unseen
+
+    def __call__(self, raw_rewards: torch.Tensor) -> torch.Tensor:
+        rewards = self.mrm.mask_unseen(raw_rewards, self.unseen)
+        if self.mrm.token_map is not None:
+            rewards = rewards[:, self.mrm.token_map[: self.policy_vocab]]
+        return rewards
+
+
+class EosRewardSubstitution:
+    """An EOS child gets its parent's score: the last token's reward stands for an EOS the MRM
+    was never trained on (or masks as unseen), so finishing is neither free nor forbidden."""
+
+    def __init__(self, eos_ids: Iterable[int]) -> None:
+        self.eos_ids = frozenset(int(e) for e in eos_ids)
+
+    def __call__(self, beam: Beam, token_ids: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        eos_rows = [j for j, t in enumerate(token_ids.tolist()) if t in self.eos_ids]
+        if not eos_rows:
+            return rewards
+        rewards = rewards.clone()
+        for j in eos_rows:
+            rewards[j] = beam.score
+        return rewards
+
+
+class StopCriterion(Protocol):
+    """Says whether a beam with these response ids has ended."""
+
+    def __call__(self, ids: list[int]) -> bool: ...
+
+
+class EosStop:
+    """A beam ends with an EOS token."""
+
+    def __init__(self, eos_ids: Iterable[int]) -> None:
+        self.eos_ids = frozenset(int(e) for e in eos_ids)
+
+    def __call__(self, ids: list[int]) -> bool:
+        return bool(ids) and ids[-1] in self.eos_ids
+
+
+class StopStrings:
+    """A beam ends once its text contains a stop string; the final text is cut before it."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.stops = list(stops)
+
+    def __call__(self, ids: list[int]) -> bool:
+        if not self.stops:
+            return False
+        text = decode(self.tokenizer, ids)
+        return any(s in text for s in self.stops)
+
+    def truncate(self, text: str) -> str:
+        """``text`` cut at each stop string it contains, in the configured order."""
+        for s in self.stops:
+            i = text.find(s)
+            if i >= 0:
+                text = text[:i]
+        return text

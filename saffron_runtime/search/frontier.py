@@ -1,0 +1,153 @@
+"""The step Saffron and PRM beam search share: rank candidates, keep the best, expand, commit.
+
+Each step (1) ranks every candidate child of the frontier by its score, (2) walks them best first:
+a child that ends goes to the pool of finished hypotheses (as Hugging Face's beam search, only a
+child ranked within the top ``budget`` counts, the pool keeps the ``budget`` best, and the search
+stops once it is full), any other child joins the next frontier until it holds ``budget``,
+(3) expands the new frontier (one batched forward per model), (4) pins what is live, prunes
+while the frontier runs more than ``max_commit_lag`` tokens ahead of the agreed prefix, and
+commits the agreed prefix. The final pick is the pool's best, else the frontier's best.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from saffron_runtime.cache import TrieNode, TrieSession
+from saffron_runtime.search.beam import Beam, common_prefix
+from saffron_runtime.search.method import SearchMethod, SearchSteps
+from saffron_runtime.search.result import Hypothesis
+
+
+@dataclass
+class Candidates:
+    """Candidate children of a frontier: child ``j`` is ``tokens[j]`` after ``parents[j]``.
+
+    ``reward_nodes[j]`` is the child's reward-model node when the scoring forward already made it
+    (PRM beam); otherwise the child keeps its parent's until it is expanded (Saffron).
+    """
+
+    parents: list[Beam]
+    tokens: list[int]
+    scores: torch.Tensor
+    reward_nodes: list[TrieNode] | None = None
+
+    def child(self, j: int) -> Beam:
+        """Candidate ``j`` as a beam whose own forward has not run yet."""
+        parent = self.parents[j]
+        return Beam(
+            pnode=parent.pnode,
+            ids=parent.ids + [self.tokens[j]],
+            score=float(self.scores[j]),
+            rnode=self.reward_nodes[j] if self.reward_nodes is not None else parent.rnode,
+            constraint=parent.constraint,
+        )
+
+
+class FrontierSearch(SearchMethod):
+    """A beam search over a ranked frontier; subclasses give the root, candidates and expansion."""
+
+    policy_session: TrieSession
+    reward_session: TrieSession
+
+    @abstractmethod
+    def start(self) -> Beam:
+        """Open the sessions, prefill the prompt on every model and return the root beam."""
+
+    @abstractmethod
+    def candidates(self, active: list[Beam]) -> Candidates:
+        """Every candidate child of the active beams, with its score."""
+
+    @abstractmethod
+    def expand(self, beams: list[Beam]) -> None:
+        """Run the new frontier's forwards (its parents are set; they are cleared here)."""
+
+    def search(self) -> SearchSteps:
+        """The shared loop (see the module docstring)."""
+        run = self.run
+        root = self.start()
+        frontier: list[Beam] = [root]
+        pool: list[Beam] = []
+        for step in range(self.config.max_new_tokens):
+            if run.stopped():
+                break
+            active = [b for b in frontier if not b.finished]
+            if not active:
+                break
+            run.stats.steps += 1
+            run.stats.expanded_nodes += len(active)
+            frontier, pool, grow = self.select(frontier, pool, self.candidates(active))
+            self.expand([] if self.is_last(step) else grow)
+            self.policy_session.set_live([b.pnode for b in frontier + pool])
+            self.reward_session.set_live([b.rnode for b in frontier + pool if b.rnode is not None])
+            live = [b.ids for b in frontier] + [b.ids for b in pool]
+            if self.config.max_commit_lag is not None:
+                frontier, pool, live = self.prune_lag(frontier, pool, live)
+            yield from run.commit(live)
+        best, hypotheses = self.pick(root, frontier, pool)
+        return (yield from run.finish(best, hypotheses))
+
+    def select(
+        self, frontier: list[Beam], pool: list[Beam], cands: Candidates
+    ) -> tuple[list[Beam], list[Beam], list[Beam]]:
+        """The next frontier, the finished pool and the beams to expand (HF early stopping)."""
+        budget = self.config.budget
+        order = torch.argsort(cands.scores, descending=True, stable=True).tolist()
+        new_frontier: list[Beam] = []
+        for rank_i, j in enumerate(order):
+            if len(new_frontier) >= budget:
+                break
+            child = cands.child(j)
+            if self.run.ends(child.ids):
+                if rank_i < budget:  # as HF: only top-ranked finished hypotheses count
+                    child.finished = True
+                    pool.append(child)
+                continue
+            child.parent = cands.parents[j]
+            new_frontier.append(child)
+        pool = sorted(pool, key=lambda b: b.score, reverse=True)[:budget]
+        if len(pool) >= budget:
+            new_frontier = []  # enough finished hypotheses
+        return new_frontier, pool, new_frontier
+
+    def prune_key(self, beam: Beam) -> float:
+        """What ranks beams when pruning for the commit lag."""
+        return beam.score
+
+    def prune_lag(
+        self, frontier: list[Beam], pool: list[Beam], live: list[list[int]]
+    ) -> tuple[list[Beam], list[Beam], list[list[int]]]:
+        """Keep only the best beam's subtree while the frontier runs too far ahead of the agreed prefix."""
+        lag = self.config.max_commit_lag
+        assert lag is not None
+        while live and max(len(x) for x in live) - common_prefix(live) > lag:
+            best = max(frontier + pool, key=self.prune_key)
+            key = best.ids[: common_prefix(live) + 1]
+            frontier = [b for b in frontier if b.ids[: len(key)] == key]
+            pool = [b for b in pool if b.ids[: len(key)] == key]
+            live = [b.ids for b in frontier] + [b.ids for b in pool]
+        return frontier, pool, live
+
+    def pick(
+        self, root: Beam, frontier: list[Beam], pool: list[Beam]
+    ) -> tuple[Hypothesis, list[Hypothesis]]:
+        """The answer (the pool's best, else the frontier's best, else the root) and the pool."""
+        hypotheses = [self.run.hypothesis(b, b.score) for b in pool]
+        if hypotheses:
+            return max(hypotheses, key=lambda h: h.score), hypotheses
+        best = max(frontier or [root], key=lambda b: b.score)
+        return self.run.hypothesis(best, best.score), hypotheses
+
+    def expand_policy(self, beams: list[Beam]) -> None:
+        """The policy forward of new beams: their nodes, logits and grammar states."""
+        parents = [b.parent for b in beams]
+        tokens = [b.ids[-1] for b in beams]
+        nodes, logits = self.run.policy_extend(parents, tokens, self.policy_session)  # type: ignore[arg-type]
+        for i, b in enumerate(beams):
+            b.pnode, b.logits, b.parent = nodes[i], logits[i], None
+            if b.constraint is not None:
+                b.constraint = b.constraint.fork()
+                b.constraint.advance(tokens[i])

@@ -1,0 +1,101 @@
+"""The policy's nucleus and the candidate filters, one small object each, on hand-made tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saffron_runtime.constraints import Grammar
+from saffron_runtime.errors import ConfigError
+from saffron_runtime.search.beam import Beam
+from saffron_runtime.search.filters import (
+    EosBan,
+    EosRewardSubstitution,
+    EosStop,
+    GrammarBan,
+    Nucleus,
+    StopStrings,
+    Temperature,
+)
+from saffron_runtime.search.nucleus import nucleus
+
+
+def _beam(ids: list[int] | None = None, score: float = 0.0, constraint=None) -> Beam:
+    return Beam(pnode=None, ids=ids or [], score=score, constraint=constraint)  # type: ignore[arg-type]
+
+
+def test_nucleus_keeps_a_token_while_the_mass_ranked_above_it_is_below_top_p():
+    probs = torch.tensor([0.1, 0.4, 0.2, 0.3])
+    logits = probs.log()
+    ids, p = nucleus(logits, 0.65)
+    assert ids.tolist() == [1, 3] and torch.allclose(p, torch.tensor([0.4, 0.3]))  # 0.4 < 0.65 <= 0.7
+    assert nucleus(logits, 0.75)[0].tolist() == [1, 3, 2]  # mass above 2 is 0.7 < 0.75
+    assert nucleus(logits, 0.7)[0].tolist() == [1, 3]  # 0.7 is not below 0.7
+    assert nucleus(logits, 1.0)[0].tolist() == [1, 3, 2, 0]
+
+
+def test_nucleus_keeps_at_least_the_most_likely_token():
+    ids, p = nucleus(torch.tensor([0.0, 3.0, 1.0]), 1e-9)
+    assert ids.tolist() == [1] and p.shape == (1,)
+
+
+def test_nucleus_removes_banned_tokens_and_renormalises():
+    logits = torch.tensor([0.2, 0.5, 0.3]).log()
+    banned = torch.tensor([False, True, False])
+    ids, p = nucleus(logits, 1.0, banned)
+    assert ids.tolist() == [2, 0]
+    assert torch.allclose(p, torch.tensor([0.6, 0.4]))  # the mass is re-spread over what is left
+    assert nucleus(logits, 1e-9, torch.tensor([True, True, False]))[0].tolist() == [2]
+    zero = torch.tensor([0.0, float("-inf"), 1.0])  # a zero-probability token is never a candidate
+    assert 1 not in nucleus(zero, 1.0)[0].tolist()
+
+
+def test_eos_ban_only_before_min_new_tokens_and_on_the_logits_device():
+    ban = EosBan({2}, min_new_tokens=2)
+    logits = torch.zeros(4)
+    out = ban(_beam([5]), logits)
+    assert out[2] == float("-inf") and torch.isfinite(out[[0, 1, 3]]).all() and out.device == logits.device
+    assert ban(_beam([5, 6]), logits) is logits
+    assert EosBan(set(), min_new_tokens=9)(_beam(), logits) is logits
+
+
+def test_grammar_ban_removes_what_the_grammar_forbids(tiny):
+    tok = tiny.tokenizer
+    state = Grammar(tok, "regex", "cake").start()
+    logits = torch.zeros(len(tok) + 3)  # a head wider than the tokenizer: the extra ids are banned
+    out = GrammarBan()(_beam(constraint=state), logits)
+    allowed = state.allowed()
+    assert torch.isfinite(out[: allowed.shape[0]]).eq(allowed[: logits.shape[0]]).all()
+    assert (out[len(tok) :] == float("-inf")).all() and torch.isfinite(out).sum() >= 1
+    assert GrammarBan()(_beam(), logits) is logits
+
+
+def test_temperature_scales_logits_and_rejects_zero():
+    assert torch.equal(Temperature(2.0)(_beam(), torch.tensor([2.0, -4.0])), torch.tensor([1.0, -2.0]))
+    with pytest.raises(ConfigError, match="temperature=0"):
+        Temperature(0.0)
+
+
+def test_nucleus_filter_composes_its_filters_in_order():
+    children = Nucleus(1.0, [Temperature(0.5), EosBan({0}, min_new_tokens=1)])
+    ids, p = children(_beam(), torch.tensor([5.0, 1.0, 0.0]))
+    assert ids.tolist() == [1, 2]
+    assert torch.allclose(p, torch.softmax(torch.tensor([2.0, 0.0]), -1))  # temperature applied
+
+
+def test_eos_reward_substitution_gives_eos_its_parents_score():
+    sub = EosRewardSubstitution({2})
+    rewards = torch.tensor([0.1, -1024.0, 0.3])
+    out = sub(_beam([7], score=0.25), torch.tensor([4, 2, 9]), rewards)
+    assert out.tolist() == pytest.approx([0.1, 0.25, 0.3]) and rewards[1] == -1024.0  # input untouched
+    no_eos = rewards[[0, 2]]
+    assert sub(_beam(), torch.tensor([4, 9]), no_eos) is no_eos  # nothing to substitute: no copy
+
+
+def test_stop_criteria(tiny):
+    tok = tiny.tokenizer
+    assert EosStop({2})([5, 2]) and not EosStop({2})([2, 5]) and not EosStop({2})([])
+    ids = tok("café help", add_special_tokens=False)["input_ids"]
+    stop = StopStrings(tok, ["help"])
+    assert stop(ids) and not stop(ids[:1]) and not StopStrings(tok, [])(ids)
+    assert stop.truncate("café help me") == "café "
