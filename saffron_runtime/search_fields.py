@@ -16,6 +16,7 @@ UNSEEN_REWARD = -1024.0
 """The reward the reference code gives to tokens never supervised in training."""
 
 Method = Literal["saffron", "best_of_n", "prm_beam", "greedy"]
+ObjectiveName = Literal["safe_likelihood", "reward", "reward_plus_logprob"]
 METHODS: tuple[str, ...] = ("saffron", "best_of_n", "prm_beam", "greedy")
 
 
@@ -51,13 +52,25 @@ class SearchFields(BaseModel):
     min_new_tokens: int = Field(1, ge=0, le=8192)
     """EOS is banned for this many tokens (the reference code used 16 for its evaluation; 1 keeps
     short chat answers short)."""
+    objective: ObjectiveName = "safe_likelihood"
+    """What Saffron and PRM beam search rank children by. ``safe_likelihood`` (default): among children
+    the reward model predicts safe (reward >= ``safe_threshold``) the policy's own mean log-probability
+    decides, and the reward decides only among children predicted unsafe; ``reward``: the paper's
+    ranking by reward alone (among safe children that is the reward model's noise, and the text drifts
+    into repetition); ``reward_plus_logprob``: reward + ``logprob_weight`` x mean log-probability.
+    Chosen by measurement: see docs/engine.md. ``faithful=True`` always ranks by reward."""
+    safe_threshold: float = 0.0
+    """Reward at or above which ``safe_likelihood`` treats a child as safe (the judge margin's 0:
+    below it the judge calls the text unsafe)."""
+    logprob_weight: float = Field(1.0, ge=0.0, le=1000.0)
+    """Weight of the mean log-probability in ``reward_plus_logprob``."""
     faithful: bool = False
     """Reproduce the reference code's quirks (finished-beam ranking) instead of the fixed rules."""
-    max_commit_lag: int | None = Field(None, ge=1, le=8192)
+    max_commit_lag: int | None = Field(8, ge=1, le=8192)
     """Streaming: when the frontier runs this many tokens past the text every beam agrees on, keep
-    only the best beam's subtree so the agreed text is committed (and shown) sooner. ``None`` (the
-    default) never prunes: pruning changes which answer the search returns, and the published attack
-    evaluation ran without it. Set e.g. 8 for a steadier stream (ChatSaffron used 8 before)."""
+    only the best beam's subtree so the agreed text is committed (and shown) sooner. 8 keeps a chat
+    stream steady; ``None`` never prunes (pruning can change which answer the search returns; the
+    published attack evaluation ran without it and passes ``None`` itself)."""
     unseen_reward: float = UNSEEN_REWARD
     """Reward of tokens the MRM never saw supervised in training (conservative: they lose)."""
     seed: int = 0

@@ -155,7 +155,7 @@ def test_saffron_keeps_global_top_budget_by_reward_and_masks_unseen(models, monk
     eng = make_engine(models, unseen_every=2)
     steps = _record_saffron_steps(monkeypatch)
     budget, top_p = 4, 0.8
-    r, _ = run(eng, method="saffron", budget=budget, max_new_tokens=6, top_p=top_p)
+    r, _ = run(eng, method="saffron", budget=budget, max_new_tokens=6, top_p=top_p, objective="reward")
     prompt_ids = eng.chat_prompt_ids(PROMPT)
     assert len(steps) >= 3 and any(len(ranked) > 1 for ranked, _ in steps)
     for ranked, kept in steps:
@@ -182,6 +182,63 @@ def test_saffron_keeps_global_top_budget_by_reward_and_masks_unseen(models, monk
     assert not any(bool(mask[t]) for _, kept in steps for _, t in kept)
 
 
+def _logprob(eng: SearchEngine, prompt_ids: list[int], ids: list[int]) -> float:
+    """The policy's summed log-probability of ``ids`` after the prompt, from one uncached forward."""
+    seq = torch.tensor([prompt_ids + ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(eng.policy.model(seq).logits[0].float(), -1)
+    n = len(prompt_ids)
+    return float(sum(logp[n - 1 + i, t] for i, t in enumerate(ids)))
+
+
+@pytest.mark.parametrize("quantile", [0.0, 0.5])
+def test_safe_likelihood_ranks_safe_children_by_the_policy_and_the_rest_by_reward(models, monkeypatch, quantile):
+    """Brute force over every (frontier node, nucleus child) pair: children with reward >= the
+    threshold first, by the beam's log-probability; then the others, by reward."""
+    eng = make_engine(models, unseen_every=2)
+    prompt_ids = eng.chat_prompt_ids(PROMPT)
+    root = _mrm_rewards(eng, [])
+    seen = root[root > -1024]
+    threshold = float(seen.quantile(quantile)) if quantile else -1.0e9  # 0: every child is safe
+    steps = _record_saffron_steps(monkeypatch)
+    budget = 3
+    r, _ = run(eng, method="saffron", budget=budget, max_new_tokens=5, min_new_tokens=6,
+               objective="safe_likelihood", safe_threshold=threshold)
+    assert len(steps) >= 3
+    mixed = 0
+    for ranked, kept in steps:
+        pairs = []
+        for ids in ranked:
+            rewards = _mrm_rewards(eng, ids)
+            for t in _policy_nucleus(eng, prompt_ids, ids, 0.8, 6):
+                reward = float(rewards[t])
+                safe = reward >= threshold
+                key = (1, _logprob(eng, prompt_ids, ids + [t])) if safe else (0, reward)
+                pairs.append((key, tuple(ids), t))
+        mixed += len({k[0] for k, _, _ in pairs}) > 1
+        pairs.sort(key=lambda p: p[0], reverse=True)
+        assert kept == sorted((parent, t) for _, parent, t in pairs[:budget])
+    if quantile:
+        assert mixed >= 1  # some step had to choose between safe and unsafe children
+
+
+def test_safe_likelihood_with_every_child_safe_is_beam_search_of_the_policy(models):
+    """With nothing predicted unsafe, the answer is the policy's own beam search over its nucleus."""
+    eng = make_engine(models)
+    prompt_ids = eng.chat_prompt_ids(PROMPT)
+    budget, steps = 3, 5
+    beams: list[list[int]] = [[]]
+    for _ in range(steps):
+        cands = [ids + [t] for ids in beams for t in _policy_nucleus(eng, prompt_ids, ids, 0.8, 99)]
+        beams = sorted(cands, key=lambda ids: _logprob(eng, prompt_ids, ids), reverse=True)[:budget]
+    r, _ = run(eng, method="saffron", budget=budget, max_new_tokens=steps, min_new_tokens=99,
+               objective="safe_likelihood", safe_threshold=-1.0e9)
+    assert r.token_ids == beams[0]
+    reward_ranked, _ = run(eng, method="saffron", budget=budget, max_new_tokens=steps, min_new_tokens=99,
+                           objective="reward")
+    assert reward_ranked.token_ids != beams[0]  # the paper's ranking follows the MRM instead
+
+
 def test_every_saffron_child_lies_in_its_parents_policy_nucleus(models, monkeypatch):
     eng = make_engine(models)
     steps = _record_saffron_steps(monkeypatch)
@@ -197,7 +254,7 @@ def test_every_saffron_child_lies_in_its_parents_policy_nucleus(models, monkeypa
 
 def test_default_rule_returns_best_finished_hypothesis(models):
     eng = make_engine(models, eos_bias=6.0, eos_unseen=True, eos_supervised=False)
-    r, _ = run(eng, method="saffron", budget=4, max_new_tokens=12, min_new_tokens=2)
+    r, _ = run(eng, method="saffron", budget=4, max_new_tokens=12, min_new_tokens=2, objective="reward")
     assert r.finished and r.pool and all(h.finished for h in r.pool)
     assert r.score == max(h.score for h in r.pool) and r.score > -1024  # last token's reward stands for EOS
     assert len(r.pool) <= 4

@@ -30,6 +30,8 @@ class Beam:
     finished: bool = False
     rank: float = float("-inf")  # the faithful variant's ranking key
     parent: Beam | None = None
+    logprob: float = 0.0  # the policy's summed log-probability of ``ids``
+    key: float = 0.0  # the search objective's value (what the frontier ranks by)
 
 
 def common_prefix(seqs: Sequence[list[int]]) -> int:

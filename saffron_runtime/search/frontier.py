@@ -19,6 +19,7 @@ import torch
 from saffron_runtime.cache import TrieNode, TrieSession
 from saffron_runtime.search.beam import Beam, common_prefix
 from saffron_runtime.search.method import SearchMethod, SearchSteps
+from saffron_runtime.search.objective import Objective, make_objective
 from saffron_runtime.search.result import Hypothesis
 
 
@@ -34,6 +35,12 @@ class Candidates:
     tokens: list[int]
     scores: torch.Tensor
     reward_nodes: list[TrieNode] | None = None
+    logprobs: torch.Tensor | None = None  # each child's summed log-probability (its beam's)
+    keys: torch.Tensor | None = None  # the objective's ranking keys (None: rank by score)
+
+    def ranking(self) -> torch.Tensor:
+        """What the children are ranked by: the objective's keys, else the scores."""
+        return self.keys if self.keys is not None else self.scores
 
     def child(self, j: int) -> Beam:
         """Candidate ``j`` as a beam whose own forward has not run yet."""
@@ -44,6 +51,8 @@ class Candidates:
             score=float(self.scores[j]),
             rnode=self.reward_nodes[j] if self.reward_nodes is not None else parent.rnode,
             constraint=parent.constraint,
+            logprob=float(self.logprobs[j]) if self.logprobs is not None else 0.0,
+            key=float(self.ranking()[j]),
         )
 
 
@@ -52,6 +61,11 @@ class FrontierSearch(SearchMethod):
 
     policy_session: TrieSession
     reward_session: TrieSession
+
+    @property
+    def objective(self) -> Objective:
+        """The ranking objective the config names."""
+        return make_objective(self.config)
 
     @abstractmethod
     def start(self) -> Beam:
@@ -95,7 +109,7 @@ class FrontierSearch(SearchMethod):
     ) -> tuple[list[Beam], list[Beam], list[Beam]]:
         """The next frontier, the finished pool and the beams to expand (HF early stopping)."""
         budget = self.config.budget
-        order = torch.argsort(cands.scores, descending=True, stable=True).tolist()
+        order = torch.argsort(cands.ranking(), descending=True, stable=True).tolist()
         new_frontier: list[Beam] = []
         for rank_i, j in enumerate(order):
             if len(new_frontier) >= budget:
@@ -108,14 +122,14 @@ class FrontierSearch(SearchMethod):
                 continue
             child.parent = cands.parents[j]
             new_frontier.append(child)
-        pool = sorted(pool, key=lambda b: b.score, reverse=True)[:budget]
+        pool = sorted(pool, key=lambda b: b.key, reverse=True)[:budget]
         if len(pool) >= budget:
             new_frontier = []  # enough finished hypotheses
         return new_frontier, pool, new_frontier
 
     def prune_key(self, beam: Beam) -> float:
         """What ranks beams when pruning for the commit lag."""
-        return beam.score
+        return beam.key
 
     def prune_lag(
         self, frontier: list[Beam], pool: list[Beam], live: list[list[int]]
@@ -136,10 +150,26 @@ class FrontierSearch(SearchMethod):
     ) -> tuple[Hypothesis, list[Hypothesis]]:
         """The answer (the pool's best, else the frontier's best, else the root) and the pool."""
         hypotheses = [self.run.hypothesis(b, b.score) for b in pool]
-        if hypotheses:
-            return max(hypotheses, key=lambda h: h.score), hypotheses
-        best = max(frontier or [root], key=lambda b: b.score)
+        if pool:
+            best_i = max(range(len(pool)), key=lambda i: pool[i].key)
+            return hypotheses[best_i], hypotheses
+        best = max(frontier or [root], key=lambda b: b.key)
         return self.run.hypothesis(best, best.score), hypotheses
+
+    def ranked(
+        self,
+        parents: list[Beam],
+        tokens: list[int],
+        rewards: torch.Tensor,
+        child_logprobs: torch.Tensor,
+        reward_nodes: list[TrieNode] | None = None,
+    ) -> Candidates:
+        """Candidates with their beams' summed log-probabilities and the objective's keys."""
+        parent_logprob = torch.tensor([p.logprob for p in parents], dtype=child_logprobs.dtype)
+        logprobs = parent_logprob.to(child_logprobs.device) + child_logprobs
+        length = len(parents[0].ids) + 1 if parents else 1
+        keys = self.objective(rewards.float(), logprobs.float(), length)
+        return Candidates(parents, tokens, rewards, reward_nodes, logprobs, keys)
 
     def expand_policy(self, beams: list[Beam]) -> None:
         """The policy forward of new beams: their nodes, logits and grammar states."""

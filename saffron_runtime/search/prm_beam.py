@@ -3,6 +3,8 @@ with one process-reward forward each (the cost Saffron's MRM avoids), keep the b
 
 from __future__ import annotations
 
+import torch
+
 from saffron_runtime.search.beam import Beam
 from saffron_runtime.search.filters import Nucleus
 from saffron_runtime.search.frontier import Candidates, FrontierSearch
@@ -39,11 +41,14 @@ class PrmBeam(FrontierSearch):
         assert engine.prm_cache is not None and engine.flops_prm is not None
         parents: list[Beam] = []
         tokens: list[int] = []
+        child_probs: list[torch.Tensor] = []
         for beam in active:
-            token_ids, _ = self.children(beam, beam.logits)  # type: ignore[arg-type]
-            for t in token_ids[: self.config.prm_children].tolist():
+            token_ids, probs = self.children(beam, beam.logits)  # type: ignore[arg-type]
+            k = self.config.prm_children
+            for t in token_ids[:k].tolist():
                 parents.append(beam)
                 tokens.append(int(t))
+            child_probs.append(probs[:k])
         out = self.run.reward_extend(
             engine.prm_cache,
             engine.flops_prm,
@@ -53,7 +58,8 @@ class PrmBeam(FrontierSearch):
             True,
         )
         assert out.hidden is not None
-        return Candidates(parents, tokens, self.prm.margin(out.hidden), out.nodes)
+        margins = self.prm.margin(out.hidden)
+        return self.ranked(parents, tokens, margins, torch.cat(child_probs).log(), out.nodes)
 
     def expand(self, beams: list[Beam]) -> None:
         """Only the policy runs: the children's PRM nodes came with their scores."""
@@ -63,4 +69,4 @@ class PrmBeam(FrontierSearch):
     def prune_key(self, beam: Beam) -> float:
         # faithful=True has no PRM variant, but the engine has always ranked finished beams by
         # ``rank`` (never set here, so -inf) when pruning under it; kept so outputs do not change.
-        return beam.rank if self.config.faithful and beam.finished else beam.score
+        return beam.rank if self.config.faithful and beam.finished else beam.key

@@ -69,15 +69,17 @@ class Saffron(FrontierSearch):
         parents: list[Beam] = []
         tokens: list[int] = []
         child_rewards: list[torch.Tensor] = []
+        child_probs: list[torch.Tensor] = []
         for beam in active:
-            token_ids, _ = self.children(beam, beam.logits)  # type: ignore[arg-type]
+            token_ids, probs = self.children(beam, beam.logits)  # type: ignore[arg-type]
             rewards = beam.rewards[token_ids]  # type: ignore[index]
             for reward_filter in self.reward_filters:
                 rewards = reward_filter(beam, token_ids, rewards)
             parents.extend([beam] * len(token_ids))
             tokens.extend(token_ids.tolist())
             child_rewards.append(rewards)
-        return Candidates(parents, tokens, torch.cat(child_rewards))
+            child_probs.append(probs)
+        return self.ranked(parents, tokens, torch.cat(child_rewards), torch.cat(child_probs).log())
 
     def expand(self, beams: list[Beam]) -> None:
         """Policy logits and MRM rewards of new frontier beams (one batched forward each)."""

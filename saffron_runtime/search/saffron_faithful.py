@@ -13,12 +13,17 @@ import torch
 from saffron_runtime.search.beam import Beam
 from saffron_runtime.search.filters import RewardFilter
 from saffron_runtime.search.frontier import Candidates
+from saffron_runtime.search.objective import Objective, RewardObjective
 from saffron_runtime.search.result import Hypothesis
 from saffron_runtime.search.saffron import Saffron
 
 
 class SaffronFaithful(Saffron):
-    """Saffron with the reference code's finished-beam handling."""
+    """Saffron with the reference code's finished-beam handling (ranked by reward alone)."""
+
+    @property
+    def objective(self) -> Objective:
+        return RewardObjective()
 
     def make_reward_filters(self) -> list[RewardFilter]:
         return []  # the reference scores EOS with the MRM as is (unseen when masked)

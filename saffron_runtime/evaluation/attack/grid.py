@@ -34,11 +34,13 @@ class MethodSpec:
                 max_new_tokens=max_new_tokens,
                 seed=seed,
             )
-        return SearchConfig(
+        return SearchConfig(  # the published run: the paper's reward ranking, no commit-lag pruning
             method=self.method,  # type: ignore[arg-type]
             budget=self.budget,
             max_new_tokens=max_new_tokens,
             seed=seed,
+            objective="reward",
+            max_commit_lag=None,
         )
 
 
