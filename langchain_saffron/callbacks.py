@@ -63,8 +63,11 @@ class _GuardCore:
         """The stop signal of run ``run_id``: set when this guard fires for that run, never for another.
 
         The same event serves the run from ``on_chat_model_start`` (or ``on_llm_start``) to its end,
-        so a model fetches it once when it starts generating (``run_manager.run_id``) and polls it
-        between steps. A run this guard is not watching gets a fresh event that is never set.
+        so a model fetches it once when it starts generating (``run_manager.run_id`` in
+        ``_generate``) and hands it to the loop or thread that computes, which polls it between
+        steps. A run this guard is not watching gets a fresh event that is never set.
+        (langchain-core's ``stream()`` passes ``_stream`` no run manager; there the guard's error
+        closes the generator instead, which stops a model that cleans up in ``finally``.)
         """
         with self._lock:
             state = self._runs.get(run_id)
