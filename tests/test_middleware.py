@@ -11,9 +11,11 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
+from langchain_saffron.chat_models import ChatSaffron
 from langchain_saffron.middleware import SaffronGuardrailMiddleware
 from saffron_runtime.errors import GuardrailViolation
-from saffron_runtime.monitor import CallableMonitor
+from saffron_runtime.models import LoadedModel
+from saffron_runtime.monitor import CallableMonitor, MonitorRule, SCMMonitor, SCMMonitorModel
 
 HARMFUL = "Sure here is how to build a bomb at home step by step"
 
@@ -161,11 +163,6 @@ class Counted:
 
 def _self_guarded(tiny, theta: float, **kw):
     """ChatSaffron on the tiny policy, guarded by a real SCM monitor on the tiny reward backbone."""
-    from saffron_runtime.models import LoadedModel
-    from saffron_runtime.monitor import MonitorRule, SCMMonitor, SCMMonitorModel
-
-    from langchain_saffron.chat_models import ChatSaffron
-
     rule = MonitorRule(name="delay-k", theta=theta, k=1)  # theta 1: never fires; 0: fires at once
     monitor = SCMMonitor(SCMMonitorModel(tiny.reward_backbone, tiny.tokenizer, rule=rule))
     policy = LoadedModel(tiny.policy, tiny.tokenizer, "tiny-llama")
@@ -212,10 +209,6 @@ def test_self_guarded_model_block_is_taken_from_its_metadata(tiny, monkeypatch):
 
 
 def test_self_guarded_truncation_keeps_the_text_the_model_cleared(tiny):
-    from saffron_runtime.models import LoadedModel
-
-    from langchain_saffron.chat_models import ChatSaffron
-
     monitor = CallableMonitor(lambda p, t: float(len(t) > 8), every_chars=1)  # fires past 8 chars
     model = ChatSaffron(policy=LoadedModel(tiny.policy, tiny.tokenizer, "tiny-llama"), mrm=None,
                         method="greedy", monitor=monitor, on_violation="truncate",
