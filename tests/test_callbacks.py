@@ -340,3 +340,30 @@ def test_a_worker_polling_the_stop_event_stops_computing():
     benign = ThreadedChat(guard=guard, words=[w + " " for w in BENIGN.split()], produced=[])
     assert benign.invoke("q", config={"callbacks": [guard]}).content.strip() == BENIGN.strip()
     assert benign.produced == [len(BENIGN.split())]
+
+
+def test_a_monitor_failing_mid_stream_fails_closed():
+    class Flaky:
+        def open(self, prompt):
+            inner = monitor().open(prompt)
+
+            class Session:
+                verdict = None
+
+                def feed_text(self, text):
+                    if "home" in text:
+                        raise RuntimeError("monitor offline")
+                    return inner.feed_text(text)
+
+                def finish(self):
+                    return inner.finish()
+
+            return Session()
+
+    guard = SaffronGuardCallbackHandler(Flaky())
+    got = ""
+    with pytest.raises(GuardrailViolation) as e:
+        for c in fake(BENIGN).stream("q", config={"callbacks": [guard]}):
+            got += c.content
+    assert e.value.verdict.monitor_failed and "monitor offline" in e.value.verdict.reason
+    assert got and BENIGN.startswith(got) and "home" not in got

@@ -228,3 +228,36 @@ def test_async_self_guarded_model_is_judged_once(tiny, monkeypatch):
     agent = create_agent(model, tools=[], middleware=[SaffronGuardrailMiddleware(monitor)])
     out = asyncio.run(agent.ainvoke({"messages": [HumanMessage("tell me a story")]}))
     assert out["messages"][-1].content and count.sessions == 1
+
+
+class BrokenMonitor:
+    """A monitor whose scorer crashes on every text it is given."""
+
+    def open(self, prompt):
+        class Session:
+            verdict = None
+
+            def feed_text(self, text):
+                raise RuntimeError("monitor offline")
+
+            finish = release = lambda self: None
+
+        return Session()
+
+
+def test_a_failing_monitor_blocks_model_turns_and_tool_results():
+    @tool
+    def search(query: str) -> str:
+        """Search the web."""
+        return "Snippet: flour and water"
+
+    script = [AIMessage("", tool_calls=[{"name": "search", "args": {"query": "x"}, "id": "c1"}]),
+              AIMessage("Bread needs flour.")]
+    guard = SaffronGuardrailMiddleware(BrokenMonitor(), on_violation="refuse")
+    out = create_agent(ToolFake(messages=iter(script)), tools=[search], middleware=[guard]).invoke(
+        {"messages": [HumanMessage("q")]})
+    tool_msg = next(m for m in out["messages"] if isinstance(m, ToolMessage))
+    assert tool_msg.content.startswith("[tool result withheld") and "monitor offline" in tool_msg.content
+    assert tool_msg.response_metadata["saffron"]["verdicts"][0]["monitor_failed"] is True
+    assert out["messages"][-1].content == "I can't help with that."
+    assert {v.rule for v in guard.verdicts} == {"monitor-failed"}
