@@ -8,8 +8,11 @@ after that handler and the firing chunk leaks (a test keeps this warning true).
 
 A callback cannot hold text back: it stops at the firing token, so earlier tokens are already out.
 Hold-back (releasing only text the monitor has cleared) lives in ChatSaffron and in the agent
-middleware. Each run gets its own monitor session and stop signal, keyed by ``run_id``; a local
-model that listens (ChatSaffron, or any model polling :meth:`stop_event`) stops computing.
+middleware. Each run gets its own monitor session and stop signal, keyed by ``run_id``. The signal
+is a :class:`threading.Event` set the moment the guard fires for that run (and for no other): a local
+model that polls :meth:`~SaffronGuardCallbackHandler.stop_event` from its generation loop stops
+computing instead of running on after its consumer is gone. A monitor that fails mid-stream fails
+closed: the run stops with a ``monitor-failed`` verdict.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
-from saffron_runtime.errors import GuardrailViolation, Verdict
+from langchain_saffron._guard import feed, finish, last_user_message, message_text, violation
+from saffron_runtime.errors import Verdict
 from saffron_runtime.monitor.adapters import StreamingMonitor
 from saffron_runtime.monitor.session import MonitorSession
 
@@ -36,13 +40,13 @@ class _RunState:
 
 
 def _prompt_of(messages: list[list[BaseMessage]]) -> str:
-    """The text the monitor reads as the prompt: the last human message of the conversation."""
+    """The text the monitor reads as the prompt: the last human message of the conversation (the
+    last message when there is no human one)."""
     flat = messages[0] if messages else []
-    humans = [m for m in flat if m.type == "human"]
-    last = humans[-1] if humans else (flat[-1] if flat else None)
+    last = last_user_message(flat)
     if last is None:
-        return ""
-    return last.content if isinstance(last.content, str) else str(last.text)
+        last = flat[-1] if flat else None
+    return message_text(last) if last is not None else ""
 
 
 class _GuardCore:
@@ -56,7 +60,15 @@ class _GuardCore:
         self.verdicts: dict[UUID, Verdict] = {}
 
     def stop_event(self, run_id: UUID) -> threading.Event:
-        """The stop signal of a run (set when the guard fires); a local model polls it."""
+        """The stop signal of run ``run_id``: set when this guard fires for that run, never for another.
+
+        The same event serves the run from ``on_chat_model_start`` (or ``on_llm_start``) to its end,
+        so a model fetches it once when it starts generating (``run_manager.run_id`` in
+        ``_generate``) and hands it to the loop or thread that computes, which polls it between
+        steps. A run this guard is not watching gets a fresh event that is never set.
+        (langchain-core's ``stream()`` passes ``_stream`` no run manager; there the guard's error
+        closes the generator instead, which stops a model that cleans up in ``finally``.)
+        """
         with self._lock:
             state = self._runs.get(run_id)
         return state.stop if state else threading.Event()
@@ -75,9 +87,7 @@ class _GuardCore:
     ) -> None:
         state.stop.set()
         self.verdicts[run_id] = verdict
-        err = GuardrailViolation(verdict)
-        err.cleared_text = state.text if cleared is None else cleared  # type: ignore[attr-defined]
-        raise err
+        raise violation(verdict, state.text if cleared is None else cleared)
 
     def _token(self, token: str, run_id: UUID) -> None:
         state = self._state(run_id)
@@ -85,7 +95,7 @@ class _GuardCore:
             return
         before = state.text
         state.text += token
-        verdict = state.session.feed_text(token)
+        verdict = feed(state.session, token)
         if verdict is not None:
             self._fire(run_id, state, verdict, cleared=before)
 
@@ -101,12 +111,11 @@ class _GuardCore:
                     else ""
                 )
                 if full.startswith(state.text) and len(full) > len(state.text):
-                    verdict = state.session.feed_text(
-                        full[len(state.text) :]
-                    )  # not streamed: check it all
+                    # the part that was not streamed: check it all
+                    verdict = feed(state.session, full[len(state.text) :])
                     if verdict is not None:
                         self._fire(run_id, state, verdict)
-                verdict = state.session.finish()
+                verdict = finish(state.session)
                 if verdict is not None:
                     self._fire(run_id, state, verdict)
         finally:

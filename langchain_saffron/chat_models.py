@@ -118,6 +118,11 @@ class ChatSaffron(BaseChatModel, SearchFields):
 
     # ------------------------------------------------------------------ properties
     @property
+    def streaming_monitor(self) -> StreamingMonitor | None:  # duplicate of the metadata branch's: keep one at merge
+        """The monitor that guards this model's output (None when it runs unguarded)."""
+        return self._monitor
+
+    @property
     def engine(self) -> SearchEngine:
         """The search engine (policy, MRM / PRM and their tries) as loaded so far."""
         return self._stack.engine

@@ -4,12 +4,17 @@
   callback *first* in the current callback manager without dropping inherited handlers (replacing
   them with ``with_config`` would silently turn LangGraph's message streaming off), then re-checks the
   final message. A model without ``_stream`` gets only the final check.
+- One monitor per stack: when the model guards itself (a ChatSaffron with a monitor, seen through its
+  ``streaming_monitor``), the middleware adds no callback guard and does not re-judge the text; it
+  reads the model's own verdicts from ``response_metadata["saffron"]``, so each text is judged once.
+  ``trust_model_monitor=False`` judges again anyway (for a middleware monitor that differs).
 - ``before_model``: judges the latest user input with the monitor's prompt head, when it has one.
 - ``wrap_tool_call``: screens tool results (search snippets, retrieved documents) before they enter
   the context; a harmful result is replaced by a notice and the agent keeps running.
 
 A violation ends the model turn as ``on_violation`` says: ``"raise"``, ``"refuse"`` (a refusal with no
-tool calls) or ``"truncate"`` (the text cleared before the firing token).
+tool calls) or ``"truncate"`` (the text cleared before the firing token). That holds for the model's
+own blocks too: the middleware's ``on_violation`` decides the turn, whatever the model's was.
 """
 
 from __future__ import annotations
@@ -20,8 +25,18 @@ from typing import Any
 
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse, hook_config
 from langchain_core.callbacks import BaseCallbackManager
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, ToolMessage
 
+from langchain_saffron._guard import (
+    blocked_message,
+    cleared_text,
+    enforce,
+    judge_text,
+    last_user_text,
+    message_text,
+    model_verdicts,
+    saffron_metadata,
+)
 from langchain_saffron.callbacks import (
     AsyncSaffronGuardCallbackHandler,
     SaffronGuardCallbackHandler,
@@ -60,12 +75,19 @@ def guard_first(handler: Any) -> Iterator[None]:
                 lst.remove(handler)
 
 
-def _text(message: BaseMessage) -> str:
-    return message.content if isinstance(message.content, str) else str(message.text)
-
-
 class SaffronGuardrailMiddleware(AgentMiddleware):
-    """Guards an agent's model turns and tool results with a streaming monitor."""
+    """Guards an agent's model turns and tool results with a streaming monitor.
+
+    Args:
+        monitor: judges model output, tool results and (with a prompt head) user input.
+        on_violation: what a blocked model turn becomes: ``"raise"``, ``"refuse"``, ``"truncate"``.
+        refusal_message: the answer of a refused turn.
+        screen_tools: replace harmful tool results by a notice.
+        check_prompts: judge the latest user input before the model runs (prompt head only).
+        prompt_theta: the prompt head's threshold; None keeps the one saved with the monitor.
+        trust_model_monitor: when the model guards itself (its ``streaming_monitor`` is set), take
+            its verdicts instead of judging its output again; False judges it here as well.
+    """
 
     def __init__(
         self,
@@ -76,6 +98,7 @@ class SaffronGuardrailMiddleware(AgentMiddleware):
         screen_tools: bool = True,
         check_prompts: bool = True,
         prompt_theta: float | None = None,
+        trust_model_monitor: bool = True,
     ) -> None:
         super().__init__()
         self.monitor = monitor
@@ -84,6 +107,7 @@ class SaffronGuardrailMiddleware(AgentMiddleware):
         self.screen_tools = screen_tools
         self.check_prompts = check_prompts
         self.prompt_theta = prompt_theta
+        self.trust_model_monitor = trust_model_monitor
         self.guard = SaffronGuardCallbackHandler(monitor)
         self.aguard = AsyncSaffronGuardCallbackHandler(monitor)
         self.verdicts: list[Verdict] = []
@@ -92,38 +116,48 @@ class SaffronGuardrailMiddleware(AgentMiddleware):
     def _streaming(self, request: ModelRequest) -> ModelRequest:
         return request.override(model_settings={**request.model_settings, "stream": True})
 
-    def _final_check(self, prompt: str, message: AIMessage) -> Verdict | None:
-        text = _text(message)
-        if not text:
+    def _model_judges(self, request: ModelRequest) -> bool:
+        """True when the model runs its own monitor (ChatSaffron), so its verdicts are used."""
+        if not self.trust_model_monitor:
+            return False
+        return getattr(request.model, "streaming_monitor", None) is not None
+
+    def _guarding(self, handler: Any, model_judges: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if model_judges else guard_first(handler)
+
+    def _blocked(self, verdicts: list[Verdict], cleared: str) -> ModelResponse:
+        self.verdicts.extend(verdicts)
+        enforce(verdicts[0], self.on_violation)
+        text = self.refusal_message if self.on_violation == "refuse" else cleared
+        return ModelResponse(result=[blocked_message(text, verdicts, self.on_violation)])
+
+    def _judged_by_model(self, message: AIMessage) -> tuple[list[Verdict], str] | None:
+        """The model's own verdicts on ``message`` and the text it cleared; None if it gave none."""
+        judged = model_verdicts(message)
+        if judged is None:
             return None
-        session = self.monitor.open(prompt)
-        return session.feed_text(text) or session.finish()
+        blocked, verdicts = judged
+        if not blocked:
+            return [], ""
+        meta = message.response_metadata["saffron"]
+        truncated = meta.get("on_violation") == "truncate"
+        return verdicts, message_text(message) if truncated else ""
 
-    def _blocked(self, verdict: Verdict, cleared: str) -> ModelResponse:
-        self.verdicts.append(verdict)
-        if self.on_violation == "raise":
-            raise GuardrailViolation(verdict)
-        content = self.refusal_message if self.on_violation == "refuse" else cleared
-        meta = {
-            "saffron": {
-                "blocked": True,
-                "on_violation": self.on_violation,
-                "verdicts": [verdict.to_dict()],
-            }
-        }
-        return ModelResponse(result=[AIMessage(content=content, response_metadata=meta)])
-
-    @staticmethod
-    def _prompt(request: ModelRequest) -> str:
-        humans = [m for m in request.messages if m.type == "human"]
-        return _text(humans[-1]) if humans else ""
-
-    def _after(self, request: ModelRequest, response: ModelResponse) -> ModelResponse:
+    def _after(
+        self, request: ModelRequest, response: ModelResponse, model_judges: bool
+    ) -> ModelResponse:
+        """Block the turn when a final message is unsafe: by the model's verdicts, or judged here."""
+        prompt = last_user_text(request.messages)
         for msg in response.result:
-            if isinstance(msg, AIMessage):
-                verdict = self._final_check(self._prompt(request), msg)
-                if verdict is not None:
-                    return self._blocked(verdict, "")
+            if not isinstance(msg, AIMessage):
+                continue
+            judged = self._judged_by_model(msg) if model_judges else None
+            if judged is None:
+                verdict = judge_text(self.monitor, prompt, message_text(msg))
+                judged = ([verdict], "") if verdict is not None else ([], "")
+            verdicts, cleared = judged
+            if verdicts:
+                return self._blocked(verdicts, cleared)
         return response
 
     # ------------------------------------------------------------------ model calls
@@ -131,23 +165,25 @@ class SaffronGuardrailMiddleware(AgentMiddleware):
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
     ) -> ModelResponse:
         """Stream the model through the guard (first in line), then re-check the final message."""
+        model_judges = self._model_judges(request)
         try:
-            with guard_first(self.guard):
+            with self._guarding(self.guard, model_judges):
                 response = handler(self._streaming(request))
         except GuardrailViolation as e:
-            return self._blocked(e.verdict, getattr(e, "cleared_text", ""))
-        return self._after(request, response)
+            return self._blocked([e.verdict], cleared_text(e))
+        return self._after(request, response, model_judges)
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> ModelResponse:
         """Async twin of :meth:`wrap_model_call`."""
+        model_judges = self._model_judges(request)
         try:
-            with guard_first(self.aguard):
+            with self._guarding(self.aguard, model_judges):
                 response = await handler(self._streaming(request))
         except GuardrailViolation as e:
-            return self._blocked(e.verdict, getattr(e, "cleared_text", ""))
-        return self._after(request, response)
+            return self._blocked([e.verdict], cleared_text(e))
+        return self._after(request, response, model_judges)
 
     # ------------------------------------------------------------------ prompts
     @hook_config(can_jump_to=["end"])
@@ -156,34 +192,25 @@ class SaffronGuardrailMiddleware(AgentMiddleware):
         check = prompt_checker(self.monitor) if self.check_prompts else None
         if check is None:
             return None
-        humans = [m for m in state["messages"] if m.type == "human"]
-        if not humans or state["messages"][-1].type != "human":
+        messages = state["messages"]
+        if not messages or messages[-1].type != "human":
             return None
-        verdict = check(_text(humans[-1]), theta=self.prompt_theta)
+        verdict = check(last_user_text(messages), theta=self.prompt_theta)
         if verdict is None:
             return None
         self.verdicts.append(verdict)
-        if self.on_violation == "raise":
-            raise GuardrailViolation(verdict)
-        meta = {
-            "saffron": {
-                "blocked": True,
-                "on_violation": self.on_violation,
-                "verdicts": [verdict.to_dict()],
-            }
-        }
-        return {
-            "messages": [AIMessage(content=self.refusal_message, response_metadata=meta)],
-            "jump_to": "end",
-        }
+        enforce(verdict, self.on_violation)
+        # nothing was generated, so "truncate" has no cleared text to show: it refuses too
+        reply = blocked_message(self.refusal_message, [verdict], self.on_violation)
+        return {"messages": [reply], "jump_to": "end"}
 
     # ------------------------------------------------------------------ tools
     def _screen(self, request: Any, result: Any) -> Any:
         if not self.screen_tools or not isinstance(result, ToolMessage):
             return result
         call = request.tool_call
-        session = self.monitor.open(f"tool {call.get('name')}({call.get('args')})")
-        verdict = session.feed_text(_text(result)) or session.finish()
+        prompt = f"tool {call.get('name')}({call.get('args')})"
+        verdict = judge_text(self.monitor, prompt, message_text(result))
         if verdict is None:
             return result
         self.verdicts.append(verdict)
@@ -192,7 +219,7 @@ class SaffronGuardrailMiddleware(AgentMiddleware):
             tool_call_id=result.tool_call_id,
             name=result.name,
             status="error",
-            response_metadata={"saffron": {"blocked": True, "verdicts": [verdict.to_dict()]}},
+            response_metadata=saffron_metadata([verdict]),
         )
 
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:

@@ -20,7 +20,17 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 
+from langchain_saffron._guard import (
+    blocked_message,
+    enforce,
+    is_user_message,
+    judge_text,
+    last_user_text,
+    message_text,
+    verdict_from_dict,
+)
 from saffron_runtime.errors import (
+    DEFAULT_REFUSAL,
     ConfigError,
     GuardrailViolation,
     OnViolation,
@@ -31,20 +41,12 @@ from saffron_runtime.monitor.adapters import StreamingMonitor
 from saffron_runtime.rewards import egrpo_rewards, extract_thoughts, match_rate
 from saffron_runtime.rewards.entities import MatchOptions
 
-DEFAULT_REFUSAL = "I can't help with that."
 AnswerChecker = Callable[[str, str], bool]
 
 
 def contains_answer(answer: str, gold: str) -> bool:
     """Default answer checker: the gold answer occurs in the final answer (case-insensitive)."""
     return bool(gold.strip()) and gold.strip().casefold() in answer.casefold()
-
-
-def _text(message: Any) -> str:
-    content = message.get("content") if isinstance(message, dict) else message.content
-    if isinstance(content, str):
-        return content
-    return "".join(c.get("text", "") if isinstance(c, dict) else str(c) for c in content or [])
 
 
 @dataclass
@@ -106,15 +108,9 @@ class SafeRolloutSelector(Runnable[dict[str, Any], dict[str, Any]]):
     def _question(inp: dict[str, Any]) -> tuple[str, list[BaseMessage]]:
         if "messages" in inp:
             msgs = list(inp["messages"])
-            humans = [
-                m
-                for m in msgs
-                if getattr(m, "type", None) == "human"
-                or (isinstance(m, dict) and m.get("role") in ("user", "human"))
-            ]
-            if not humans:
+            if not any(is_user_message(m) for m in msgs):
                 raise ConfigError("the input messages hold no user message to ask the agent")
-            return _text(humans[-1]), msgs
+            return last_user_text(msgs), msgs
         q = inp.get("question")
         if not isinstance(q, str) or not q.strip():
             raise ConfigError("pass the question as 'question' (a non-empty string) or 'messages'")
@@ -181,11 +177,7 @@ class SafeRolloutSelector(Runnable[dict[str, Any], dict[str, Any]]):
                 m, AIMessage | ToolMessage
             ):
                 continue
-            text = _text(m)
-            if not text:
-                continue
-            session = self.monitor.open(question)
-            v = session.feed_text(text) or session.finish()
+            v = judge_text(self.monitor, question, message_text(m))
             if v is not None:
                 verdicts.append(v)
                 first = i if first is None else first
@@ -217,8 +209,8 @@ class SafeRolloutSelector(Runnable[dict[str, Any], dict[str, Any]]):
                 continue
             new = list(res.get("messages", []))[n_input:]
             verdicts, first = self._safety(question, new)
-            ais = [m for m in new if isinstance(m, AIMessage) and _text(m)]
-            answer = _text(ais[-1]) if ais else ""
+            ais = [m for m in new if isinstance(m, AIMessage) and message_text(m)]
+            answer = message_text(ais[-1]) if ais else ""
             correct = bool(gold_answer) and self.answer_checker(answer, gold_answer or "")
             scores.append(
                 RolloutScore(
@@ -266,13 +258,14 @@ class SafeRolloutSelector(Runnable[dict[str, Any], dict[str, Any]]):
         unsafe = [s for s in scores if not s.safe]
         if not unsafe:  # every rollout failed for another reason: that is not a safety verdict
             raise results[0]
-        meta |= {"selected": None, "blocked": True, "on_violation": self.on_violation}
-        worst = unsafe[0]
-        if self.on_violation == "raise":
-            raise GuardrailViolation(Verdict(**_verdict_args(worst.verdicts[0])))
-        if self.on_violation == "refuse":
-            reply = AIMessage(self.refusal_message, response_metadata={"saffron": meta})
-            return {"messages": [*msgs, reply], "selection": meta}
+        enforce(verdict_from_dict(unsafe[0].verdicts[0]), self.on_violation)
+        meta["selected"] = None
+        blocked = {"blocked": True, "on_violation": self.on_violation}
+        if self.on_violation == "refuse":  # the reply's metadata: the selection, every verdict
+            verdicts = [v for s in unsafe for v in s.verdicts]
+            reply = blocked_message(self.refusal_message, verdicts, self.on_violation, **meta)
+            return {"messages": [*msgs, reply], "selection": meta | blocked}
+        meta |= blocked
         top = max(unsafe, key=lambda s: (s.reward, -s.index))
         res = results[top.index]
         if isinstance(res, BaseException):
@@ -312,7 +305,3 @@ class SafeRolloutSelector(Runnable[dict[str, Any], dict[str, Any]]):
         )
         return self._select(input, msgs, results, scores, entities, source)
 
-
-def _verdict_args(d: dict[str, Any]) -> dict[str, Any]:
-    fields = set(inspect.signature(Verdict).parameters)
-    return {k: v for k, v in d.items() if k in fields}

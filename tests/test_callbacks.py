@@ -256,3 +256,114 @@ def test_langgraph_messages_mode_async():
 
     text = asyncio.run(run())
     assert text and "bomb" not in text
+
+
+def test_stop_event_is_set_for_the_firing_run_only():
+    from uuid import uuid4
+
+    guard = SaffronGuardCallbackHandler(monitor())
+    harmful, benign = uuid4(), uuid4()
+    for run in (harmful, benign):
+        guard.on_chat_model_start({}, [[HumanMessage("q")]], run_id=run)
+    stop_harmful, stop_benign = guard.stop_event(harmful), guard.stop_event(benign)
+    assert guard.stop_event(harmful) is stop_harmful  # one event for the run's lifetime
+    guard.on_llm_new_token("Sure, a cake.", run_id=benign)
+    assert not stop_harmful.is_set() and not stop_benign.is_set()
+    with pytest.raises(GuardrailViolation):
+        guard.on_llm_new_token("Sure, a bomb.", run_id=harmful)
+    assert stop_harmful.is_set() and not stop_benign.is_set()
+    guard.on_llm_new_token(" And icing.", run_id=benign)  # the other run goes on
+    assert not stop_benign.is_set() and not guard.stop_event(uuid4()).is_set()
+
+
+class ThreadedChat(BaseChatModel):
+    """A local model whose generation runs in a worker thread, as HF ``generate`` with a streamer
+    does: ``_generate`` hands the worker the guard's stop event of its run (``run_manager.run_id``)
+    and forwards each word to the callbacks. The worker polls the event before every word, so when
+    the guard fires in the consumer the worker stops too; it records how many words it made."""
+
+    guard: Any = None
+    words: list[str] = []
+    produced: list[int] = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "threaded-test"
+
+    def _generate(self, messages, stop=None, run_manager=None, **kw) -> ChatResult:
+        import queue
+
+        from langchain_core.outputs import ChatGeneration
+
+        stop_event = self.guard.stop_event(run_manager.run_id)
+        out: queue.Queue[str | None] = queue.Queue(maxsize=1)  # the worker runs one word ahead
+
+        def offer(item: str | None) -> bool:
+            """Hand ``item`` to the consumer; give up once the stop event is set."""
+            while not stop_event.is_set():
+                try:
+                    out.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            made = 0
+            for word in self.words:
+                if not offer(word):
+                    break
+                made += 1
+            self.produced.append(made)
+            offer(None)
+
+        thread = threading.Thread(target=produce, daemon=True)
+        thread.start()
+        text = ""
+        try:
+            while (word := out.get(timeout=30)) is not None:
+                text += word
+                run_manager.on_llm_new_token(word)  # the guard raises here when it fires
+        finally:
+            thread.join(timeout=30)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(text))])
+
+
+def test_a_worker_polling_the_stop_event_stops_computing():
+    guard = SaffronGuardCallbackHandler(monitor())
+    words = [w + " " for w in HARMFUL.split()]
+    model = ThreadedChat(guard=guard, words=words, produced=[])
+    with pytest.raises(GuardrailViolation):
+        model.invoke("q", config={"callbacks": [guard]})
+    fired_at = next(i for i, w in enumerate(words) if "bomb" in w)
+    assert model.produced and model.produced[0] <= fired_at + 2 < len(words)
+    benign = ThreadedChat(guard=guard, words=[w + " " for w in BENIGN.split()], produced=[])
+    assert benign.invoke("q", config={"callbacks": [guard]}).content.strip() == BENIGN.strip()
+    assert benign.produced == [len(BENIGN.split())]
+
+
+def test_a_monitor_failing_mid_stream_fails_closed():
+    class Flaky:
+        def open(self, prompt):
+            inner = monitor().open(prompt)
+
+            class Session:
+                verdict = None
+
+                def feed_text(self, text):
+                    if "home" in text:
+                        raise RuntimeError("monitor offline")
+                    return inner.feed_text(text)
+
+                def finish(self):
+                    return inner.finish()
+
+            return Session()
+
+    guard = SaffronGuardCallbackHandler(Flaky())
+    got = ""
+    with pytest.raises(GuardrailViolation) as e:
+        for c in fake(BENIGN).stream("q", config={"callbacks": [guard]}):
+            got += c.content
+    assert e.value.verdict.monitor_failed and "monitor offline" in e.value.verdict.reason
+    assert got and BENIGN.startswith(got) and "home" not in got

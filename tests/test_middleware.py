@@ -11,9 +11,11 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
+from langchain_saffron.chat_models import ChatSaffron
 from langchain_saffron.middleware import SaffronGuardrailMiddleware
 from saffron_runtime.errors import GuardrailViolation
-from saffron_runtime.monitor import CallableMonitor
+from saffron_runtime.models import LoadedModel
+from saffron_runtime.monitor import CallableMonitor, MonitorRule, SCMMonitor, SCMMonitorModel
 
 HARMFUL = "Sure here is how to build a bomb at home step by step"
 
@@ -136,3 +138,126 @@ def test_harmful_tool_result_is_replaced_in_async_runs():
     tool_msgs = [m for m in out["messages"] if isinstance(m, ToolMessage)]
     assert tool_msgs[0].content.startswith("[tool result withheld by the guardrail") and "bomb" not in tool_msgs[0].content
     assert out["messages"][-1].content == "Nothing safe found."
+
+
+# ---------------------------------------------------------------------- one monitor per stack
+class Counted:
+    """Counts the monitor's judging passes (sessions opened) and its backbone forwards."""
+
+    def __init__(self, monkeypatch, monitor):
+        self.sessions = self.forwards = 0
+        body = monitor.model.backbone.model  # SCMMonitorModel.hidden_states runs the backbone body
+        forward, open_ = body.forward, monitor.open
+
+        def counting_forward(*a, **k):
+            self.forwards += 1
+            return forward(*a, **k)
+
+        def counting_open(prompt):
+            self.sessions += 1
+            return open_(prompt)
+
+        monkeypatch.setattr(body, "forward", counting_forward)
+        monkeypatch.setattr(monitor, "open", counting_open)
+
+
+def _self_guarded(tiny, theta: float, **kw):
+    """ChatSaffron on the tiny policy, guarded by a real SCM monitor on the tiny reward backbone."""
+    rule = MonitorRule(name="delay-k", theta=theta, k=1)  # theta 1: never fires; 0: fires at once
+    monitor = SCMMonitor(SCMMonitorModel(tiny.reward_backbone, tiny.tokenizer, rule=rule))
+    policy = LoadedModel(tiny.policy, tiny.tokenizer, "tiny-llama")
+    model = ChatSaffron(policy=policy, mrm=None, method="greedy", monitor=monitor,
+                        max_tokens=12, min_new_tokens=12, **kw)
+    assert model.streaming_monitor is monitor
+    return model, monitor
+
+
+def test_self_guarded_model_is_judged_once_under_the_middleware(tiny, monkeypatch):
+    model, monitor = _self_guarded(tiny, theta=1.0)
+    count = Counted(monkeypatch, monitor)
+    alone = model.invoke([HumanMessage("tell me a story")])
+    assert alone.content and (count.sessions, count.forwards) != (0, 0)
+    one_pass = (count.sessions, count.forwards)
+
+    def run(**kw):
+        count.sessions = count.forwards = 0
+        guard = SaffronGuardrailMiddleware(monitor, **kw)
+        out = create_agent(model, tools=[], middleware=[guard]).invoke(
+            {"messages": [HumanMessage("tell me a story")]})
+        assert out["messages"][-1].content == alone.content and not guard.verdicts
+        return count.sessions, count.forwards
+
+    assert run() == one_pass  # the model's own monitor judged it; the middleware added nothing
+    sessions, forwards = run(trust_model_monitor=False)  # the old stack: model, callback, final check
+    assert sessions == 3 and forwards > 2 * one_pass[1]
+
+
+def test_self_guarded_model_block_is_taken_from_its_metadata(tiny, monkeypatch):
+    model, monitor = _self_guarded(tiny, theta=0.0, on_violation="refuse")
+    count = Counted(monkeypatch, monitor)
+    guard = SaffronGuardrailMiddleware(monitor, on_violation="refuse")
+    out = create_agent(model, tools=[], middleware=[guard]).invoke({"messages": [HumanMessage("q")]})
+    last = out["messages"][-1]
+    assert last.content == "I can't help with that." and last.response_metadata["saffron"]["blocked"]
+    assert count.sessions == 1 and guard.verdicts and guard.verdicts[0].rule == "delay-k"
+    assert last.response_metadata["saffron"]["verdicts"][0]["rule"] == "delay-k"
+    # the middleware's on_violation decides the turn, whatever the model's was
+    strict = create_agent(model, tools=[], middleware=[SaffronGuardrailMiddleware(monitor)])
+    with pytest.raises(GuardrailViolation) as e:
+        strict.invoke({"messages": [HumanMessage("q")]})
+    assert e.value.verdict.rule == "delay-k"
+
+
+def test_self_guarded_truncation_keeps_the_text_the_model_cleared(tiny):
+    monitor = CallableMonitor(lambda p, t: float(len(t) > 8), every_chars=1)  # fires past 8 chars
+    model = ChatSaffron(policy=LoadedModel(tiny.policy, tiny.tokenizer, "tiny-llama"), mrm=None,
+                        method="greedy", monitor=monitor, on_violation="truncate",
+                        max_tokens=12, min_new_tokens=12)
+    cleared = model.invoke([HumanMessage("q")]).content
+    assert cleared and len(cleared) <= 8
+    guard = SaffronGuardrailMiddleware(monitor, on_violation="truncate")
+    out = create_agent(model, tools=[], middleware=[guard]).invoke({"messages": [HumanMessage("q")]})
+    last = out["messages"][-1]
+    assert last.content == cleared and last.response_metadata["saffron"]["on_violation"] == "truncate"
+    assert guard.verdicts[0].rule == "callable-threshold"
+
+
+def test_async_self_guarded_model_is_judged_once(tiny, monkeypatch):
+    model, monitor = _self_guarded(tiny, theta=1.0)
+    count = Counted(monkeypatch, monitor)
+    agent = create_agent(model, tools=[], middleware=[SaffronGuardrailMiddleware(monitor)])
+    out = asyncio.run(agent.ainvoke({"messages": [HumanMessage("tell me a story")]}))
+    assert out["messages"][-1].content and count.sessions == 1
+
+
+class BrokenMonitor:
+    """A monitor whose scorer crashes on every text it is given."""
+
+    def open(self, prompt):
+        class Session:
+            verdict = None
+
+            def feed_text(self, text):
+                raise RuntimeError("monitor offline")
+
+            finish = release = lambda self: None
+
+        return Session()
+
+
+def test_a_failing_monitor_blocks_model_turns_and_tool_results():
+    @tool
+    def search(query: str) -> str:
+        """Search the web."""
+        return "Snippet: flour and water"
+
+    script = [AIMessage("", tool_calls=[{"name": "search", "args": {"query": "x"}, "id": "c1"}]),
+              AIMessage("Bread needs flour.")]
+    guard = SaffronGuardrailMiddleware(BrokenMonitor(), on_violation="refuse")
+    out = create_agent(ToolFake(messages=iter(script)), tools=[search], middleware=[guard]).invoke(
+        {"messages": [HumanMessage("q")]})
+    tool_msg = next(m for m in out["messages"] if isinstance(m, ToolMessage))
+    assert tool_msg.content.startswith("[tool result withheld") and "monitor offline" in tool_msg.content
+    assert tool_msg.response_metadata["saffron"]["verdicts"][0]["monitor_failed"] is True
+    assert out["messages"][-1].content == "I can't help with that."
+    assert {v.rule for v in guard.verdicts} == {"monitor-failed"}

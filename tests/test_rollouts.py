@@ -137,3 +137,22 @@ def test_async_matches_sync_and_bad_input():
         SafeRolloutSelector(ScriptedAgent(SCRIPT), monitor()).invoke({"gold_entities": GOLD})
     with pytest.raises(ConfigError, match="n=0"):
         SafeRolloutSelector(ScriptedAgent(SCRIPT), monitor(), n=0)
+
+
+def test_refusal_reply_carries_every_verdict_and_a_failing_monitor_is_unsafe():
+    script = [[("ai", "a detonator")], [("ai", "Paris: detonator")]]
+    q = {"question": "q", "gold_entities": ["Paris"]}
+    out = SafeRolloutSelector(ScriptedAgent(script), monitor(), n=2, on_violation="refuse").invoke(q)
+    meta = out["messages"][-1].response_metadata["saffron"]
+    assert meta["blocked"] is True and meta["on_violation"] == "refuse" and meta["selected"] is None
+    assert len(meta["verdicts"]) == 2 and all(v["unsafe"] for v in meta["verdicts"])
+    assert meta["rollouts"] == out["selection"]["rollouts"]
+
+    class Broken:  # raises itself (CallableMonitor would already fail closed inside its session)
+        def open(self, prompt):
+            raise RuntimeError("judge offline")
+
+    out = SafeRolloutSelector(ScriptedAgent(script), Broken(), n=2, on_violation="refuse").invoke(q)
+    rows = out["selection"]["rollouts"]
+    assert out["selection"]["blocked"] and not any(r["safe"] for r in rows)
+    assert rows[0]["verdicts"][0]["monitor_failed"] is True
