@@ -118,11 +118,6 @@ class ChatSaffron(BaseChatModel, SearchFields):
 
     # ------------------------------------------------------------------ properties
     @property
-    def streaming_monitor(self) -> StreamingMonitor | None:  # duplicate of the metadata branch's: keep one at merge
-        """The monitor that guards this model's output (None when it runs unguarded)."""
-        return self._monitor
-
-    @property
     def engine(self) -> SearchEngine:
         """The search engine (policy, MRM / PRM and their tries) as loaded so far."""
         return self._stack.engine
@@ -272,14 +267,15 @@ class ChatSaffron(BaseChatModel, SearchFields):
     ) -> AsyncIterator[ChatGenerationChunk]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        stop_event = LinkedStopEvent(*guard_stop_events(run_manager))
+        cancelled = threading.Event()  # the consumer went away: stop producing
+        stop_event = LinkedStopEvent(cancelled, *guard_stop_events(run_manager))
         done = object()
 
         def produce() -> None:
             try:
                 for chunk in self._chunks(messages, stop, kwargs, stop_event):
                     loop.call_soon_threadsafe(queue.put_nowait, chunk)
-                    if stop_event.is_set():
+                    if cancelled.is_set():  # a guard's stop still lets the final chunk through
                         break
             except BaseException as e:  # noqa: BLE001 - re-raised in the event loop
                 loop.call_soon_threadsafe(queue.put_nowait, e)
@@ -298,7 +294,7 @@ class ChatSaffron(BaseChatModel, SearchFields):
                     await run_manager.on_llm_new_token(str(item.message.content), chunk=item)
                 yield item
         finally:
-            stop_event.set()  # cancelling the consumer stops the search
+            cancelled.set()  # cancelling the consumer stops the search
             await asyncio.shield(worker)
 
     # ------------------------------------------------------------------ structured output, tools

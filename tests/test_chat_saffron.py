@@ -131,7 +131,7 @@ def test_on_violation_modes(parts):
 def test_blocked_run_stops_computing_within_one_step(parts):
     model = _violating(parts)
     ids = model.engine.chat_prompt_ids("go")
-    gen = GuardedGeneration(model.engine, model.streaming_monitor, ids, SearchConfig(budget=3, max_new_tokens=40, max_commit_lag=1),
+    gen = GuardedGeneration(model.engine, model.streaming_monitor, ids, SearchConfig(budget=3, max_new_tokens=40, min_new_tokens=40, max_commit_lag=1),
                             prompt_text="go")
     list(gen)
     assert gen.outcome.blocked and gen.outcome.steps_after_verdict == 0
