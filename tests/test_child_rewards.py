@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from saffron_runtime.training.child_rewards import (
-    ChildRewardRecord,
     add_child_rewards,
     choose_positions,
     nucleus_children,
@@ -71,7 +70,7 @@ def test_add_child_rewards_resumes_and_keeps_the_record(tiny, policy, judge, tmp
     out = tmp_path / "children.jsonl"
     add_child_rewards(policy, judge, data, out, positions=2, max_children=4, progress=False)
     lines = out.read_text().splitlines()
-    first = ChildRewardRecord.model_validate_json(lines[0])
+    first = TokenRewardRecord.model_validate_json(lines[0])
     assert first.response_ids == resp and len(first.children) == 2
     out.write_text(lines[0] + "\n")  # as if interrupted after one record
     add_child_rewards(policy, judge, data, out, positions=2, max_children=4, progress=False)

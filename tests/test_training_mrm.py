@@ -236,3 +236,43 @@ def test_score_children_equals_scoring_each_extended_prefix(tiny, ema):
         kids = [3, 40, 77, 200]
         ref = [judge.score_prefixes("how make cake", [*prefix, c])[-1] for c in kids]
         assert judge.score_children("how make cake", prefix, kids) == pytest.approx(ref, abs=1e-5)
+
+
+def test_child_supervision_teaches_the_ranking_of_a_prefixs_children(tmp_path, reward_file, tiny_base_dir, tiny):
+    """Judged children at a prefix are supervised entries: the trained MRM orders those children as
+    their rewards do, and they count as seen tokens."""
+    from saffron_runtime.training.reward_data import ChildRewards
+
+    records = read_jsonl(reward_file, TokenRewardRecord)
+    kids = [11, 23, 37, 51, 64]
+    with_children = [
+        r.model_copy(update={"children": [ChildRewards(t=1, ids=kids, rewards=[-2.0, -1.0, 0.0, 1.0, 2.0])]})
+        for r in records
+    ]
+    data = tmp_path / "children.jsonl"
+    data.write_text("".join(r.model_dump_json() + "\n" for r in with_children))
+    out = tmp_path / "mrm"
+    train_mrm(_cfg(data, tiny_base_dir, out), progress=False)
+    mrm = load_mrm(out, policy_tokenizer=tiny.tokenizer)
+    assert not mrm.unseen_mask[kids].any()
+    r = with_children[0]
+    ids = torch.tensor([mrm.template.prompt_ids(tiny.tokenizer, r.prompt) + r.response_ids[:1]])
+    with torch.no_grad():
+        pred = mrm.model(input_ids=ids).logits[0, -1, kids]
+    from saffron_runtime.evaluation.mrm_eval import spearman
+
+    assert spearman(pred.tolist(), [-2.0, -1.0, 0.0, 1.0, 2.0]) >= 0.85
+    assert float(pred[-1] - pred[0]) > 1.0
+
+
+def test_partial_supervision_with_several_entries_per_position(tiny):
+    model = tiny_causal_lm(len(tiny.tokenizer), seed=3)
+    head = model.get_output_embeddings()
+    hidden = model.model(input_ids=torch.tensor([[5, 9, 14]])).last_hidden_state[:, :2]
+    targets = torch.tensor([[[9, 30, 31], [14, 0, 0]]])
+    rewards = torch.tensor([[[0.5, -1.0, 2.0], [1.0, 0.0, 0.0]]])
+    mask = torch.tensor([[[1, 1, 1], [1, 0, 0]]], dtype=torch.float)
+    loss = partial_supervision_loss(hidden, head.weight, None, targets, rewards, mask)
+    logits = model.lm_head(hidden)[0]
+    ref = ((logits[0, [9, 30, 31]] - torch.tensor([0.5, -1.0, 2.0])) ** 2).sum() + (logits[1, 14] - 1.0) ** 2
+    assert float(loss) == pytest.approx(float(ref) / 4, rel=1e-5)

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import DynamicCache
 
@@ -30,21 +29,7 @@ from saffron_runtime.models.chat import chat_prompt_ids
 from saffron_runtime.models.kv import kv_kwargs, returned_kv
 from saffron_runtime.models.loading import LoadedModel
 from saffron_runtime.training.judges import CausalHeadJudge
-from saffron_runtime.training.reward_data import TokenRewardRecord
-
-
-class ChildRewards(BaseModel):
-    """The judged children of one prefix: ``rewards[i]`` is the margin of ``response[:t] + [ids[i]]``."""
-
-    t: int = Field(ge=0)
-    ids: list[int] = Field(min_length=1)
-    rewards: list[float] = Field(min_length=1)
-
-
-class ChildRewardRecord(TokenRewardRecord):
-    """A reward record plus the judged nucleus children of some of its prefixes."""
-
-    children: list[ChildRewards] = Field(default_factory=list)
+from saffron_runtime.training.reward_data import ChildRewards, TokenRewardRecord
 
 
 @torch.no_grad()
@@ -160,7 +145,7 @@ def add_child_rewards(
     progress: bool = True,
 ) -> Path:
     """Read reward records, judge the nucleus children at ``positions`` sampled prefixes of each, and
-    append :class:`ChildRewardRecord` lines to ``out`` (resumable: records already there are skipped).
+    append the records with their ``children`` to to ``out`` (resumable: records already there are skipped).
 
     The EOS position of a response that ended with EOS is never sampled (the judge never reads EOS).
     """
@@ -169,7 +154,7 @@ def add_child_rewards(
         raise DataError(f"{data}: no reward records; build them first with `saffron data rewards`")
     out_p = Path(out)
     out_p.parent.mkdir(parents=True, exist_ok=True)
-    done = {r.id for r in iter_jsonl(out_p, ChildRewardRecord)} if out_p.is_file() else set()
+    done = {r.id for r in iter_jsonl(out_p, TokenRewardRecord)} if out_p.is_file() else set()
     cols = (TextColumn("children"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*cols, disable=not progress) as bar, out_p.open("a", encoding="utf-8") as f:
         task = bar.add_task("children", total=len(src), completed=len(done))
@@ -187,7 +172,7 @@ def add_child_rewards(
                 ChildRewards(t=t, ids=k, rewards=s)
                 for t, k, s in zip(pos, kids, scores, strict=True)
             ]
-            full = ChildRewardRecord(**rec.model_dump(), children=entries)
+            full = rec.model_copy(update={"children": entries})
             f.write(json.dumps(full.model_dump(mode="json"), ensure_ascii=False) + "\n")
             f.flush()
             bar.advance(task)

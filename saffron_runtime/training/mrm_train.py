@@ -74,42 +74,54 @@ def partial_supervision_loss(
     """Mean loss of the gathered rewards ``R[pos, y] = h_pos . W[y] (+ b[y])`` against ``r``.
 
     ``hidden`` [B, T, H] are the states that predict the next token; ``targets``/``rewards``/``mask``
-    are [B, T]. Only ``W[y]`` rows (and ``b[y]``) of observed tokens enter the graph.
+    are [B, T] (the observed token at each position) or [B, T, K] (K supervised entries per
+    position: the observed token and judged children). Only the gathered ``W`` rows enter the graph.
     """
-    rows = head_weight[targets]  # [B, T, H]
-    pred = (hidden.to(rows.dtype) * rows).sum(-1)
+    rows = head_weight[targets]  # [B, T, H] or [B, T, K, H]
+    states = hidden if targets.dim() == 2 else hidden.unsqueeze(2)
+    pred = (states.to(rows.dtype) * rows).sum(-1)
     if head_bias is not None:
         pred = pred + head_bias[targets]
     per_tok = loss_fn(pred.float(), rewards.float()) * mask
     return per_tok.sum() / mask.sum().clamp(min=1)
 
 
+def _entries(r: TokenRewardRecord, max_resp: int) -> list[list[tuple[int, float]]]:
+    """Per position, the supervised (token, reward) entries: the observed token first, then the
+    judged children of that prefix (the observed token not repeated)."""
+    y, rw = r.response_ids[:max_resp], r.rewards[:max_resp]
+    entries = [[(tok, rew)] for tok, rew in zip(y, rw, strict=True)]
+    for c in r.children:
+        if c.t < len(y):
+            entries[c.t] += [(i, v) for i, v in zip(c.ids, c.rewards, strict=True) if i != y[c.t]]
+    return entries
+
+
 def _batch(
     records: list[TokenRewardRecord], prefix_ids: dict[str, list[int]], pad: int, max_resp: int
 ) -> dict[str, torch.Tensor]:
-    """Right-padded inputs ``prefix + y[:-1]``; the state at ``P-1+t`` predicts ``y_t``'s reward."""
-    rows, tgts, lens = [], [], []
-    for r in records:
-        pre, y, rw = prefix_ids[r.id], r.response_ids[:max_resp], r.rewards[:max_resp]
-        rows.append(pre + y[:-1])
-        tgts.append((len(pre), y, rw))
-        lens.append(len(pre) + len(y) - 1)
-    width = max(lens)
+    """Right-padded inputs ``prefix + y[:-1]``; the state at ``P-1+t`` predicts the rewards of the
+    entries at ``t`` (``targets``/``rewards``/``mask`` are [B, T, K])."""
+    rows = [prefix_ids[r.id] + r.response_ids[:max_resp][:-1] for r in records]
+    entries = [_entries(r, max_resp) for r in records]
+    width = max(len(row) for row in rows)
+    n_tok = max(len(e) for e in entries)
+    k = max(len(at) for e in entries for at in e)
     ids = torch.full((len(records), width), pad, dtype=torch.long)
     att = torch.zeros((len(records), width), dtype=torch.long)
-    n_tok = max(len(y) for _, y, _ in tgts)
     pos = torch.zeros((len(records), n_tok), dtype=torch.long)
-    targets = torch.zeros((len(records), n_tok), dtype=torch.long)
-    rewards = torch.zeros((len(records), n_tok))
-    mask = torch.zeros((len(records), n_tok))
-    for i, (row, (p, y, rw)) in enumerate(zip(rows, tgts, strict=True)):
+    targets = torch.zeros((len(records), n_tok, k), dtype=torch.long)
+    rewards = torch.zeros((len(records), n_tok, k))
+    mask = torch.zeros((len(records), n_tok, k))
+    for i, (row, r, e) in enumerate(zip(rows, records, entries, strict=True)):
         ids[i, : len(row)] = torch.tensor(row)
         att[i, : len(row)] = 1
-        t = len(y)
-        pos[i, :t] = torch.arange(p - 1, p - 1 + t)
-        targets[i, :t] = torch.tensor(y)
-        rewards[i, :t] = torch.tensor(rw)
-        mask[i, :t] = 1
+        p = len(prefix_ids[r.id])
+        pos[i, : len(e)] = torch.arange(p - 1, p - 1 + len(e))
+        for t, at in enumerate(e):
+            targets[i, t, : len(at)] = torch.tensor([tok for tok, _ in at])
+            rewards[i, t, : len(at)] = torch.tensor([rew for _, rew in at])
+            mask[i, t, : len(at)] = 1
     return {
         "input_ids": ids,
         "attention_mask": att,
@@ -123,10 +135,13 @@ def _batch(
 def compute_unseen_mask(
     records: list[TokenRewardRecord], vocab_size: int, max_resp: int
 ) -> torch.Tensor:
-    """True for every token never supervised (never an observed response token) in the data."""
+    """True for every token never supervised (never an observed token nor a judged child) in the data."""
     seen = torch.zeros(vocab_size, dtype=torch.bool)
     for r in records:
         seen[torch.tensor(r.response_ids[:max_resp])] = True
+        for c in r.children:
+            if c.t < max_resp:
+                seen[torch.tensor(c.ids)] = True
     return ~seen
 
 

@@ -38,8 +38,24 @@ class PromptItem(BaseModel):
     source: str = ""
 
 
+class ChildRewards(BaseModel):
+    """The judged children of one prefix: ``rewards[i]`` is the judge's margin of
+    ``response[:t] + [ids[i]]`` (the children of the prefix before token ``t``)."""
+
+    t: int = Field(ge=0)
+    ids: list[int] = Field(min_length=1)
+    rewards: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _lengths_agree(self) -> ChildRewards:
+        if len(self.ids) != len(self.rewards):
+            raise ValueError(f"children at t={self.t}: {len(self.ids)} ids but {len(self.rewards)} rewards")
+        return self
+
+
 class TokenRewardRecord(BaseModel):
-    """One response with a reward for every token (schema of the reward-data JSONL)."""
+    """One response with a reward for every token (schema of the reward-data JSONL); ``children``
+    optionally adds the judged nucleus children of some prefixes (``saffron data children``)."""
 
     id: str
     prompt: str
@@ -51,6 +67,7 @@ class TokenRewardRecord(BaseModel):
     source: str = ""
     judge: str = ""
     policy: str = ""
+    children: list[ChildRewards] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _lengths_agree(self) -> TokenRewardRecord:
@@ -58,6 +75,8 @@ class TokenRewardRecord(BaseModel):
             raise ValueError(
                 f"rewards has {len(self.rewards)} entries but response_ids has {len(self.response_ids)}"
             )
+        if any(c.t >= len(self.response_ids) for c in self.children):
+            raise ValueError("a children entry's t lies past the end of the response")
         return self
 
 
