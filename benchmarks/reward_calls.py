@@ -1,8 +1,8 @@
-"""Reward-model calls of Saffron vs PRM beam search at the same budget and steps (A3), on SmolLM2.
+"""Reward-model calls of Saffron vs PRM beam search at the same budget and steps, on SmolLM2.
 
 Saffron scores every child of a node with one MRM forward; PRM beam search pays one reward forward
 per child. The MRM here is SmolLM2-135M-Instruct with a randomly initialised LoRA adapter and the PRM
-is SmolLM2 with a random 2-way head (the trained models of C2 are not needed to count calls).
+is SmolLM2 with a random 2-way head (the trained bundled models are not needed to count calls).
 
     python benchmarks/reward_calls.py [--json] [--budget 4] [--steps 24] [--children 4]
 """

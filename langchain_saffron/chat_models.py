@@ -2,15 +2,16 @@
 streams only committed text the monitor has cleared, and stops the moment harm is detected.
 
 ``_generate`` drives the same loop as ``_stream`` and fires ``on_llm_new_token`` when it has a run
-manager, so guard callbacks also see plain ``invoke()``. Search settings are fields and can be
-overridden per call with ``.bind(...)`` or an agent middleware's ``model_settings``.
+manager, so guard callbacks also see plain ``invoke()``; a guard callback's stop signal ends the
+search within one step. Search settings are the fields of
+:class:`~saffron_runtime.search.config.SearchFields` and can be overridden per call with
+``.bind(...)`` or an agent middleware's ``model_settings``. The models are assembled by
+:func:`saffron_runtime.stack.build_stack`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal
@@ -23,41 +24,21 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
-from langchain_saffron.messages import (
-    parse_tool_calls,
-    template_supports_tools,
-    to_template_messages,
-)
-from saffron_runtime.bundled import BUNDLED
-from saffron_runtime.constraints import Grammar
-from saffron_runtime.errors import DEFAULT_REFUSAL, ConfigError, GuardrailViolation, OnViolation
-from saffron_runtime.guarded import GuardedGeneration, GuardedOutcome
-from saffron_runtime.models.loading import LoadedModel, load_policy
-from saffron_runtime.models.mrm import MultifurcationRewardModel
-from saffron_runtime.models.mrm_io import load_mrm
-from saffron_runtime.models.smollm2 import smollm2_tokenizer, speaks_smollm2
-from saffron_runtime.models.vocab import check_vocab_compatible
-from saffron_runtime.monitor.adapters import SCMMonitor, StreamingMonitor
-from saffron_runtime.monitor.model import SCMMonitorModel, load_monitor
-from saffron_runtime.search.config import SearchConfig
+from langchain_saffron._outcome import final_message, guard_stop_events, last_chunk
+from langchain_saffron._prompting import output_constraint, render_prompt
+from langchain_saffron._structured import json_schema_output
+from saffron_runtime.config import describe_validation_error
+from saffron_runtime.errors import DEFAULT_REFUSAL, ConfigError, OnViolation
+from saffron_runtime.guarded import GuardedGeneration, GuardedOutcome, LinkedStopEvent
+from saffron_runtime.monitor.adapters import StreamingMonitor
+from saffron_runtime.search.config import SEARCH_FIELDS, SearchConfig, SearchFields
 from saffron_runtime.search.engine import SearchEngine
+from saffron_runtime.stack import Stack, StackOptions, build_stack
 
-SEARCH_FIELDS = (
-    "method",
-    "budget",
-    "num_samples",
-    "prm_children",
-    "top_p",
-    "temperature",
-    "max_new_tokens",
-    "min_new_tokens",
-    "faithful",
-    "max_commit_lag",
-    "seed",
-)
 CALL_KWARGS = frozenset(SEARCH_FIELDS) | {
+    "max_tokens",  # LangChain's standard name of max_new_tokens
     "on_violation",
     "tools",
     "tool_choice",
@@ -67,110 +48,90 @@ CALL_KWARGS = frozenset(SEARCH_FIELDS) | {
     "model",
     "stream",
 }
+"""Every setting a call (``invoke(..., **kw)``, ``.bind(**kw)``) may pass; others are errors."""
 
 
-class ChatSaffron(BaseChatModel):
+class ChatSaffron(BaseChatModel, SearchFields):
     """Guarded chat over a local model: Saffron search (MRM-guided, trie-cached) + streaming monitor.
 
-    ``policy``, ``mrm`` and ``monitor`` are each an object or a path; ``policy="smollm2"`` is the
-    packaged SmolLM2-135M-Instruct and ``"bundled"`` the shipped MRM / monitor. The default ``"auto"``
-    uses the bundled MRM and monitor whenever the policy speaks SmolLM2's vocabulary, and nothing
-    otherwise (``method="saffron"`` then asks for an MRM). ``monitor=None`` switches the monitor off.
+    ``policy``, ``mrm``, ``monitor`` and ``prm`` are each an object or a path; ``policy="smollm2"`` is
+    the packaged SmolLM2-135M-Instruct and ``"bundled"`` the shipped MRM / monitor. The default
+    ``"auto"`` uses the bundled models whenever the policy speaks SmolLM2's vocabulary, and nothing
+    otherwise (``method="saffron"`` then asks for an MRM). Every method works: ``saffron``,
+    ``best_of_n`` (ranked by the PRM, else the MRM), ``prm_beam`` and ``greedy``; the models another
+    method needs load on its first call (``.bind(method=...)``).
     ``on_violation``: ``"raise"`` (default) raises :class:`GuardrailViolation`; ``"refuse"`` answers
     with ``refusal_message``; ``"truncate"`` returns the cleared prefix. Both are marked blocked in
     ``response_metadata["saffron"]``.
     """
 
     model_config = ConfigDict(
-        arbitrary_types_allowed=True, protected_namespaces=(), populate_by_name=True
+        arbitrary_types_allowed=True,
+        protected_namespaces=(),
+        populate_by_name=True,
+        use_attribute_docstrings=True,
     )
 
     policy: Any = "smollm2"
+    """The policy: "smollm2", a model folder, a .gguf file, a LoadedModel or a model object."""
     mrm: Any = "auto"
+    """The multifurcation reward model of Saffron search: "auto", "bundled", a folder, an object or None."""
     monitor: Any = "auto"
+    """The streaming monitor: "auto", "bundled", a folder, a monitor object, or None (no monitor)."""
+    prm: Any = "auto"
+    """The process reward model of PRM beam and the Best-of-N ranker: "auto" (the monitor's response
+    head), "bundled", a monitor folder, a monitor or PRM object, or None (Best-of-N ranks by the MRM)."""
     tokenizer: Any = None
-    method: Literal["saffron", "best_of_n", "prm_beam", "greedy"] = "saffron"
-    budget: int = 4
-    num_samples: int = 8
-    prm_children: int = 4
-    top_p: float = 0.8
-    temperature: float = 1.0
-    max_new_tokens: int = Field(128, alias="max_tokens")
-    min_new_tokens: int = 1
-    faithful: bool = False
-    max_commit_lag: int | None = 8
-    seed: int = 0
+    """The policy's tokenizer, required when ``policy`` is a model object."""
     on_violation: OnViolation = "raise"
+    """What a blocked answer becomes: "raise", "refuse" (``refusal_message``) or "truncate"."""
     check_prompt: bool = False
+    """Judge the latest user message with the monitor's prompt head before generating (when it has one)."""
     json_max_string_length: int | None = Field(None, ge=1)
     """Cap on free strings in constrained output (tool arguments, structured output): a small model
     decoding greedily can loop inside a string until ``max_tokens`` and never close the JSON. ``None``
     leaves strings unbounded."""
-    """Judge the latest user message with the monitor's prompt head before generating (when it has one)."""
     refusal_message: str = DEFAULT_REFUSAL
+    """The answer under ``on_violation="refuse"``."""
     model_name: str = Field("saffron", alias="model")
+    """The name reported to LangChain (``ls_model_name``, ``response_metadata``)."""
     stop: list[str] | None = Field(None, alias="stop_sequences")
+    """Strings that end the answer as EOS does."""
 
-    _engine: SearchEngine = PrivateAttr()
-    _monitor: StreamingMonitor | None = PrivateAttr(default=None)
+    _stack: Stack = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
-        super().__init__(**data)
-        self._settings({})  # validate the fields now: a bad value fails at construction
-        policy = self._load_policy()
-        mrm = self._load_mrm(policy)
-        self._engine = SearchEngine(policy, mrm)
-        self._monitor = self._load_monitor()
-        if self.method == "saffron" and mrm is None:
-            raise ConfigError(
-                "method='saffron' needs a multifurcation reward model: pass mrm= (an object or an adapter folder), "
-                "or choose method='greedy' / 'best_of_n'"
-            )
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ConfigError(describe_validation_error("ChatSaffron", e)) from None
+        self._settings({})  # the search settings as the engine will read them
+        options = StackOptions(
+            policy=self.policy,
+            tokenizer=self.tokenizer,
+            mrm=self.mrm,
+            monitor=self.monitor,
+            prm=self.prm,
+            methods=(self.method,),
+        )
+        self._stack = build_stack(options)
 
-    # ------------------------------------------------------------------ construction
-    def _load_policy(self) -> LoadedModel:
-        if isinstance(self.policy, LoadedModel):
-            return self.policy
-        if self.tokenizer is not None and not isinstance(self.policy, (str, os.PathLike)):
-            return load_policy(self.policy, tokenizer=self.tokenizer, chat=True)
-        return load_policy(self.policy, chat=True)
-
-    def _load_mrm(self, policy: LoadedModel) -> MultifurcationRewardModel | None:
-        if self.mrm is None or isinstance(self.mrm, MultifurcationRewardModel):
-            return self.mrm
-        if self.mrm == "auto":
-            if self.method != "saffron" or not speaks_smollm2(policy.tokenizer):
-                return None
-            return load_mrm(BUNDLED, policy_tokenizer=policy.tokenizer)
-        return load_mrm(self.mrm, policy_tokenizer=policy.tokenizer)
-
-    def _load_monitor(self) -> StreamingMonitor | None:
-        m = self.monitor
-        if m is None:
-            return None
-        if isinstance(m, SCMMonitorModel):
-            return SCMMonitor(m)
-        policy = self._engine.policy
-        if m == "auto":
-            m = BUNDLED if speaks_smollm2(policy.tokenizer) else None
-            if m is None:
-                return None
-        if m == BUNDLED:  # the shipped SmolLM2 monitor, on the policy's own backbone
-            if self.monitor == BUNDLED:  # "auto" has already compared the vocabularies
-                check_vocab_compatible(
-                    policy.tokenizer, smollm2_tokenizer(), what="bundled SmolLM2 monitor"
-                )
-            return SCMMonitor(
-                load_monitor(BUNDLED, backbone=policy.model, tokenizer=policy.tokenizer)
-            )
-        if isinstance(m, (str, os.PathLike)):
-            return SCMMonitor(load_monitor(m))
-        return m
-
+    # ------------------------------------------------------------------ properties
     @property
     def engine(self) -> SearchEngine:
-        """The search engine (policy, MRM and their tries)."""
-        return self._engine
+        """The search engine (policy, MRM / PRM and their tries) as loaded so far."""
+        return self._stack.engine
+
+    @property
+    def stack(self) -> Stack:
+        """Every assembled model (policy, MRM, PRM, monitor)."""
+        return self._stack
+
+    @property
+    def streaming_monitor(self) -> StreamingMonitor | None:
+        """The streaming monitor every answer is checked with (None when switched off): a guard
+        around this model can skip judging the same text again."""
+        return self._stack.streaming_monitor
 
     @property
     def _llm_type(self) -> str:
@@ -178,12 +139,13 @@ class ChatSaffron(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
+        monitor = self.streaming_monitor
         return {
             "model_name": self.model_name,
-            "policy": self._engine.policy.source,
+            "policy": self._stack.policy.source,
             **{f: getattr(self, f) for f in SEARCH_FIELDS},
             "on_violation": self.on_violation,
-            "monitor": type(self._monitor).__name__ if self._monitor else None,
+            "monitor": type(monitor).__name__ if monitor else None,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
@@ -191,10 +153,12 @@ class ChatSaffron(BaseChatModel):
         params["ls_provider"] = "saffron"
         params["ls_model_name"] = kwargs.get("model", self.model_name)
         params["ls_temperature"] = kwargs.get("temperature", self.temperature)
-        params["ls_max_tokens"] = kwargs.get("max_new_tokens", self.max_new_tokens)
+        params["ls_max_tokens"] = kwargs.get(
+            "max_tokens", kwargs.get("max_new_tokens", self.max_new_tokens)
+        )
         return params
 
-    # ------------------------------------------------------------------ settings
+    # ------------------------------------------------------------------ one run
     def _settings(self, kwargs: dict[str, Any], stop: list[str] | None = None) -> SearchConfig:
         unknown = set(kwargs) - CALL_KWARGS
         if unknown:
@@ -206,61 +170,6 @@ class ChatSaffron(BaseChatModel):
             values["max_new_tokens"] = kwargs["max_tokens"]
         return SearchConfig(**values, stop=list(stop or self.stop or []))
 
-    def _prompt(
-        self,
-        messages: list[BaseMessage],
-        tools: Sequence[dict[str, Any]] | None,
-        schema: dict[str, Any] | None = None,
-    ) -> tuple[list[int], str]:
-        tok = self._engine.policy.tokenizer
-        native = template_supports_tools(tok)
-        rendered = to_template_messages(
-            messages, native_tools=native, tools=None if native else tools
-        )
-        if schema is not None:  # tell the model what the grammar will enforce
-            note = f"Answer only with a JSON value matching this JSON schema:\n{json.dumps(schema)}"
-            if rendered[0]["role"] == "system":
-                rendered[0] = {**rendered[0], "content": f"{rendered[0]['content']}\n\n{note}"}
-            else:
-                rendered.insert(0, {"role": "system", "content": note})
-        kw: dict[str, Any] = {"tools": list(tools)} if (tools and native) else {}
-        try:
-            ids = list(
-                tok.apply_chat_template(
-                    rendered, add_generation_prompt=True, tokenize=True, return_dict=False, **kw
-                )
-            )
-        except Exception as e:  # noqa: BLE001 - jinja raises TemplateError and others
-            from saffron_runtime.errors import PromptError
-
-            raise PromptError(
-                f"the chat template of {self._engine.policy.source} cannot render these messages: {e}"
-            ) from e
-        users = [m["content"] for m in rendered if m["role"] == "user"]
-        return ids, (users[-1] if users else rendered[-1]["content"])
-
-    def _constraint(
-        self, tools: Sequence[dict[str, Any]] | None, tool_choice: Any
-    ) -> Grammar | None:
-        if not tools or tool_choice in (None, "auto", "none", False):
-            return None
-        tok = self._engine.policy.tokenizer
-        if tool_choice in ("any", "required", True):
-            return Grammar.tool_calls(
-                tok, list(tools), max_string_length=self.json_max_string_length
-            )
-        name = (
-            tool_choice
-            if isinstance(tool_choice, str)
-            else tool_choice.get("function", {}).get("name")
-        )
-        chosen = [t for t in tools if t["function"]["name"] == name]
-        if not chosen:
-            raise ConfigError(
-                f"tool_choice={name!r} names no bound tool; bound: {[t['function']['name'] for t in tools]}"
-            )
-        return Grammar.tool_calls(tok, chosen, max_string_length=self.json_max_string_length)
-
     def _start(
         self,
         messages: list[BaseMessage],
@@ -269,72 +178,32 @@ class ChatSaffron(BaseChatModel):
         stop_event: threading.Event | None = None,
     ) -> tuple[GuardedGeneration, int, OnViolation]:
         cfg = self._settings(kwargs, stop)
-        tools = kwargs.get("tools")
-        fmt = kwargs.get("response_format")
-        schema = fmt.get("schema") if isinstance(fmt, dict) else None
-        ids, prompt_text = self._prompt(messages, tools, schema)
-        on_violation = kwargs.get("on_violation", self.on_violation)
+        engine = self._stack.engine_for(cfg.method)
+        tok = engine.policy.tokenizer
+        constraint, schema = output_constraint(tok, kwargs, self.json_max_string_length)
+        ids, prompt_text = render_prompt(
+            tok, engine.policy.source, messages, kwargs.get("tools"), schema
+        )
         gen = GuardedGeneration(
-            self._engine,
-            self._monitor,
+            engine,
+            self.streaming_monitor,
             ids,
             cfg,
             prompt_text=prompt_text,
             stop_event=stop_event,
             check_prompt=self.check_prompt,
-            constraint=Grammar.json_schema(
-                self._engine.policy.tokenizer,
-                schema,
-                compact=True,
-                max_string_length=self.json_max_string_length,
-            )
-            if schema is not None
-            else self._constraint(tools, kwargs.get("tool_choice")),
+            constraint=constraint,
         )
-        return gen, len(ids), on_violation
+        return gen, len(ids), kwargs.get("on_violation", self.on_violation)
 
-    def _metadata(self, outcome: GuardedOutcome, on_violation: str) -> dict[str, Any]:
-        stats = (
-            outcome.result.stats.to_dict()
-            if outcome.result
-            else (outcome.stats.to_dict() if outcome.stats else {})
-        )
-        return {
-            "saffron": {
-                "blocked": outcome.blocked,
-                "on_violation": on_violation if outcome.blocked else None,
-                "verdicts": [v.to_dict() for v in outcome.verdicts],
-                "stats": stats,
-                "score": outcome.result.score if outcome.result else None,
-            },
-            "model_name": self.model_name,
-        }
-
-    def _final_message(
-        self, outcome: GuardedOutcome, n_prompt: int, on_violation: str, tools: Any
-    ) -> AIMessage:
-        text = outcome.released
-        if outcome.blocked:
-            if on_violation == "raise":
-                assert outcome.verdict is not None
-                raise GuardrailViolation(outcome.verdict)
-            if on_violation == "refuse":
-                text = self.refusal_message
-        tool_calls, invalid = [], []
-        if tools and not outcome.blocked:
-            text, tool_calls, invalid = parse_tool_calls(text)
-        n_out = (
-            len(outcome.result.token_ids)
-            if outcome.result
-            else (outcome.stats.policy_tokens if outcome.stats else 0)
-        )
-        usage = {"input_tokens": n_prompt, "output_tokens": n_out, "total_tokens": n_prompt + n_out}
-        return AIMessage(
-            content=text,
-            tool_calls=tool_calls,
-            invalid_tool_calls=invalid,
-            usage_metadata=usage,
-            response_metadata=self._metadata(outcome, on_violation),
+    def _final(self, outcome: GuardedOutcome, n_prompt: int, on_violation: str, tools: Any) -> AIMessage:
+        return final_message(
+            outcome,
+            n_prompt,
+            on_violation=on_violation,
+            tools=tools,
+            refusal_message=self.refusal_message,
+            model_name=self.model_name,
         )
 
     # ------------------------------------------------------------------ LangChain hooks
@@ -345,13 +214,14 @@ class ChatSaffron(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        gen, n_prompt, on_violation = self._start(messages, stop, kwargs)
+        stop_event = LinkedStopEvent(*guard_stop_events(run_manager))
+        gen, n_prompt, on_violation = self._start(messages, stop, kwargs, stop_event)
         for delta in gen:
             if run_manager is not None:
                 run_manager.on_llm_new_token(
                     delta, chunk=ChatGenerationChunk(message=AIMessageChunk(content=delta))
                 )
-        msg = self._final_message(gen.outcome, n_prompt, on_violation, kwargs.get("tools"))
+        msg = self._final(gen.outcome, n_prompt, on_violation, kwargs.get("tools"))
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
     def _chunks(
@@ -370,22 +240,9 @@ class ChatSaffron(BaseChatModel):
                     yield ChatGenerationChunk(message=AIMessageChunk(content=delta))
         finally:
             stop_event.set()
-        final = self._final_message(gen.outcome, n_prompt, on_violation, tools)
-        tail = final.content if tools else ""
-        if gen.outcome.blocked and on_violation == "refuse":
-            tail = ("\n\n" if gen.outcome.released else "") + self.refusal_message
-        calls = [
-            {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i}
-            for i, c in enumerate(final.tool_calls)
-        ]
-        yield ChatGenerationChunk(
-            message=AIMessageChunk(
-                content=tail,
-                tool_call_chunks=calls,
-                usage_metadata=final.usage_metadata,
-                response_metadata=final.response_metadata,
-                chunk_position="last",
-            )
+        final = self._final(gen.outcome, n_prompt, on_violation, tools)
+        yield last_chunk(
+            final, gen.outcome, on_violation=on_violation, tools=tools, refusal=self.refusal_message
         )
 
     def _stream(
@@ -395,7 +252,8 @@ class ChatSaffron(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        for chunk in self._chunks(messages, stop, kwargs, threading.Event()):
+        stop_event = LinkedStopEvent(*guard_stop_events(run_manager))
+        for chunk in self._chunks(messages, stop, kwargs, stop_event):
             if run_manager is not None and chunk.message.content:
                 run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
             yield chunk
@@ -409,7 +267,7 @@ class ChatSaffron(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        stop_event = threading.Event()
+        stop_event = LinkedStopEvent(*guard_stop_events(run_manager))
         done = object()
 
         def produce() -> None:
@@ -438,7 +296,7 @@ class ChatSaffron(BaseChatModel):
             stop_event.set()  # cancelling the consumer stops the search
             await asyncio.shield(worker)
 
-    # ------------------------------------------------------------------ structured output
+    # ------------------------------------------------------------------ structured output, tools
     def with_structured_output(
         self,
         schema: dict[str, Any] | type,
@@ -453,34 +311,8 @@ class ChatSaffron(BaseChatModel):
         model asked for "JSON" writes any object otherwise; with no schema, any JSON object)."""
         if method == "function_calling":
             return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
-        from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
-        from langchain_core.runnables import RunnableMap, RunnablePassthrough
-        from langchain_core.utils.function_calling import convert_to_json_schema
-        from langchain_core.utils.pydantic import is_basemodel_subclass
+        return json_schema_output(self, schema, include_raw=include_raw, method=method)
 
-        is_model = isinstance(schema, type) and is_basemodel_subclass(schema)
-        if method == "json_mode" and not schema:
-            json_schema: dict[str, Any] = {"type": "object"}
-        elif is_model:
-            json_schema = schema.model_json_schema()  # type: ignore[union-attr]
-        else:
-            json_schema = convert_to_json_schema(schema)
-        llm = self.bind(
-            response_format={"type": "json_schema", "schema": json_schema},
-            ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
-        )
-        parser = PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()  # type: ignore[arg-type]
-        if not include_raw:
-            return llm | parser
-        assign = RunnablePassthrough.assign(
-            parsed=lambda x: parser.invoke(x["raw"]), parsing_error=lambda _: None
-        )
-        fallback = RunnablePassthrough.assign(parsed=lambda _: None)
-        return RunnableMap(raw=llm) | assign.with_fallbacks(
-            [fallback], exception_key="parsing_error"
-        )
-
-    # ------------------------------------------------------------------ tools
     def bind_tools(
         self,
         tools: Sequence[dict[str, Any] | type | Callable | BaseTool],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from langchain_core.embeddings import Embeddings
 
-from saffron_runtime.evaluation.embedder import MINILM_PIP, SentenceEmbedder, minilm_dir
+from saffron_runtime.models.embedder import MINILM_PIP, SentenceEmbedder, minilm_dir
 
 __all__ = ["MINILM_PIP", "MiniLMEmbeddings", "minilm_dir"]
 

@@ -268,11 +268,12 @@ def eval_attack_cmd(
 
     from saffron_runtime.evaluation.attack import (
         AttackSettings,
+        build_harness,
         load_prompts,
         method_grid,
         plot_asr,
+        report,
     )
-    from saffron_runtime.evaluation.attack_run import build_harness, report
 
     quiet()
     settings = AttackSettings(

@@ -20,6 +20,20 @@ from saffron_runtime.search.engine import SearchEngine
 from saffron_runtime.search.result import SearchResult, SearchStats
 
 
+class LinkedStopEvent(threading.Event):
+    """A stop signal that also counts as set when any linked event is set (a guard callback's, a
+    caller's): the search polls ``is_set`` once per step, so it ends within one step of either.
+    ``set()`` sets only this event, never the linked ones."""
+
+    def __init__(self, *linked: threading.Event) -> None:
+        super().__init__()
+        self.linked = tuple(linked)
+
+    def is_set(self) -> bool:
+        """True when this event or a linked one is set."""
+        return super().is_set() or any(e.is_set() for e in self.linked)
+
+
 @dataclass
 class GuardedOutcome:
     """What a guarded run produced: the released text, the search result, and any verdict."""

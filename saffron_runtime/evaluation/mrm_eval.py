@@ -1,6 +1,6 @@
 """How well an MRM reproduces its judge: pooled Spearman over held-out prefixes, within-prefix ranking.
 
-Two questions (C2): does the predicted reward of the observed next token track the judge's score of
+Two questions: does the predicted reward of the observed next token track the judge's score of
 that prefix across many responses (pooled Spearman), and, at one node, does the MRM order the policy's
 candidate children as the judge would (within-prefix Spearman, mean with a bootstrap 95% CI)? The
 second is what the search actually relies on.
@@ -100,6 +100,74 @@ class MRMEvalReport:
         return asdict(self)
 
 
+def _children(
+    policy: LoadedModel, r: TokenRewardRecord, prefix: list[int], top_p: float, max_children: int
+) -> list[int]:
+    """The policy's top-p nucleus after ``prefix`` (EOS banned, most likely first, capped)."""
+    ctx = chat_prompt_ids(policy.tokenizer, r.prompt) + r.prefill_ids + prefix
+    logits = policy.model(
+        input_ids=torch.tensor([ctx], device=policy.model.device), logits_to_keep=1
+    ).logits[0, -1]
+    banned = torch.zeros(logits.shape[-1], dtype=torch.bool)
+    if policy.tokenizer.eos_token_id is not None:
+        banned[policy.tokenizer.eos_token_id] = True  # the judge never sees EOS
+    kids, _ = nucleus(logits, top_p, banned=banned.to(logits.device))
+    return kids[:max_children].tolist()
+
+
+def _prefix_spearman(
+    mrm: MultifurcationRewardModel,
+    judge: PrefixJudge,
+    r: TokenRewardRecord,
+    prefix: list[int],
+    kids: list[int],
+) -> float:
+    """Spearman of the MRM's rewards of ``kids`` against the judge's scores (NaN on all ties)."""
+    if isinstance(judge, CausalHeadJudge):  # one shared-prefix forward, children batched
+        judged = judge.score_children(r.prompt, prefix, kids)
+    else:
+        judged = [judge.score_prefixes(r.prompt, [*prefix, c])[-1] for c in kids]
+    mrm_ids = mrm.template.prompt_ids(mrm.tokenizer, r.prompt) + prefix
+    row = mrm.rewards(torch.tensor([mrm_ids], device=mrm.model.device))[0]
+    return spearman(row[torch.tensor(kids, device=row.device)].cpu(), judged)
+
+
+def _within_prefix(
+    mrm: MultifurcationRewardModel,
+    judge: PrefixJudge,
+    policy: LoadedModel,
+    records: Sequence[TokenRewardRecord],
+    *,
+    n_prefixes: int,
+    top_p: float,
+    max_children: int,
+    seed: int,
+) -> tuple[list[float], list[int], int]:
+    """(Spearman per rankable prefix, children per prefix, prefixes skipped), up to ``n_prefixes``
+    drawn with ``random.Random(seed)`` (at most ``4 * n_prefixes`` tries)."""
+    rng = random.Random(seed)
+    per_prefix: list[float] = []
+    n_children: list[int] = []
+    skipped = 0
+    tries = 0
+    while len(per_prefix) < n_prefixes and tries < 4 * n_prefixes:
+        tries += 1
+        r = records[rng.randrange(len(records))]
+        body = r.response_ids[:-1] if r.ended_with_eos else r.response_ids
+        prefix = body[: rng.randrange(len(body))]
+        kids = _children(policy, r, prefix, top_p, max_children)
+        if len(kids) < 2:
+            skipped += 1
+            continue
+        rho = _prefix_spearman(mrm, judge, r, prefix, kids)
+        if rho != rho:  # NaN: the judge (or the MRM) ties every child
+            skipped += 1
+            continue
+        per_prefix.append(rho)
+        n_children.append(len(kids))
+    return per_prefix, n_children, skipped
+
+
 @torch.no_grad()
 def evaluate_mrm(
     mrm: MultifurcationRewardModel,
@@ -128,42 +196,16 @@ def evaluate_mrm(
         preds += observed_rewards(mrm, r.prompt, r.response_ids)
         targets += r.rewards
     pooled = spearman(preds, targets)
-
-    rng = random.Random(seed)
-    per_prefix: list[float] = []
-    n_children: list[int] = []
-    skipped = 0
-    tries = 0
-    while len(per_prefix) < n_prefixes and tries < 4 * n_prefixes:
-        tries += 1
-        r = records[rng.randrange(len(records))]
-        body = r.response_ids[:-1] if r.ended_with_eos else r.response_ids
-        t = rng.randrange(len(body))
-        prefix = body[:t]
-        ctx = chat_prompt_ids(policy.tokenizer, r.prompt) + r.prefill_ids + prefix
-        logits = policy.model(
-            input_ids=torch.tensor([ctx], device=policy.model.device), logits_to_keep=1
-        ).logits[0, -1]
-        banned = torch.zeros(logits.shape[-1], dtype=torch.bool)
-        if policy.tokenizer.eos_token_id is not None:
-            banned[policy.tokenizer.eos_token_id] = True  # the judge never sees EOS
-        kids, _ = nucleus(logits, top_p, banned=banned.to(logits.device))
-        kids = kids[:max_children].tolist()
-        if len(kids) < 2:
-            skipped += 1
-            continue
-        if isinstance(judge, CausalHeadJudge):  # one shared-prefix forward, children batched
-            judged = judge.score_children(r.prompt, prefix, kids)
-        else:
-            judged = [judge.score_prefixes(r.prompt, [*prefix, c])[-1] for c in kids]
-        mrm_ids = mrm.template.prompt_ids(mrm.tokenizer, r.prompt) + prefix
-        row = mrm.rewards(torch.tensor([mrm_ids], device=mrm.model.device))[0]
-        rho = spearman(row[torch.tensor(kids, device=row.device)].cpu(), judged)
-        if rho != rho:  # NaN: the judge (or the MRM) ties every child
-            skipped += 1
-            continue
-        per_prefix.append(rho)
-        n_children.append(len(kids))
+    per_prefix, n_children, skipped = _within_prefix(
+        mrm,
+        judge,
+        policy,
+        records,
+        n_prefixes=n_prefixes,
+        top_p=top_p,
+        max_children=max_children,
+        seed=seed,
+    )
     if not per_prefix:
         raise DataError("no held-out prefix had two or more rankable children")
     lo, hi = bootstrap_ci(per_prefix, n_boot=n_boot, seed=seed)

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from saffron_runtime.errors import DataError, ModelLoadError
-from saffron_runtime.evaluation.embedder import SentenceEmbedder
+from saffron_runtime.models.embedder import SentenceEmbedder
 from saffron_runtime.models.weights import validate_safetensors
 
 Task = Literal["harm", "refusal"]

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from saffron_runtime.search_fields import UNSEEN_REWARD
+
 SAFFRON1_PREFIX = "<|begin_of_text|>\n\nUser:"
 SAFFRON1_SEPARATOR = "\n\nAgent:"
-UNSEEN_REWARD = -1024.0
-"""The reward the reference code gives to tokens never supervised in training."""
 
 
 @dataclass(frozen=True)

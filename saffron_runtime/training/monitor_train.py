@@ -12,23 +12,22 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, Field
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from saffron_runtime.cancel import raise_if_stopped
 from saffron_runtime.config import Settings
 from saffron_runtime.jsonl import read_jsonl
 from saffron_runtime.models.loading import LoadedModel, load_policy
 from saffron_runtime.models.peft_quiet import quiet_peft
 from saffron_runtime.monitor.model import SCMMonitorModel, save_monitor
-from saffron_runtime.monitor.rules import MonitorRule, RuleState
-from saffron_runtime.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from saffron_runtime.training.loop import LoopResult, StepFn, StepOutput, train_loop
 from saffron_runtime.training.lora import top_layers
 from saffron_runtime.training.model_card import write_model_card
+from saffron_runtime.training.rule_choice import choose_rule
 from saffron_runtime.training.safety_data import harm_start, token_labels
 
 
@@ -169,61 +168,10 @@ def _cached_features(
     return h_tok, torch.stack([cache[j][1] for j in idx])
 
 
-def choose_rule(scores: list[tuple[list[float], list[float], int]]) -> tuple[MonitorRule, float]:
-    """Best rule on validation scores ``(token scores, response scores, label)`` by macro F1, then earliness."""
-    best: tuple[float, float, MonitorRule] | None = None
-    candidates = [
-        MonitorRule(name="delay-k", theta=t / 20, k=k) for t in range(4, 20) for k in (1, 2, 3, 5)
-    ]
-    candidates += [
-        MonitorRule(name="k-consecutive", theta=t / 20, k=k) for t in range(4, 20) for k in (2, 3)
-    ]
-    candidates += [MonitorRule(name="response-threshold", theta=t / 20) for t in range(4, 20)]
-    for rule in candidates:
-        tp = fp = tn = fn = 0
-        seen = []
-        for tok, resp, label in scores:
-            st = RuleState(rule)
-            fired_at = next(
-                (i for i, (a, b) in enumerate(zip(tok, resp, strict=True)) if st.update(a, b)[0]),
-                None,
-            )
-            if label and fired_at is not None:
-                tp += 1
-                seen.append((fired_at + 1) / max(len(tok), 1))
-            elif label:
-                fn += 1
-            elif fired_at is not None:
-                fp += 1
-            else:
-                tn += 1
-        f1h = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-        f1b = 2 * tn / (2 * tn + fn + fp) if tn else 0.0
-        key = ((f1h + f1b) / 2, -(sum(seen) / len(seen) if seen else 1.0))
-        if best is None or key > best[:2]:
-            best = (*key, rule)
-    assert best is not None
-    return best[2], best[0]
+def _backbone(loaded: LoadedModel, config: MonitorTrainConfig) -> torch.nn.Module:
+    """The backbone as the variant trains it: with LoRA adapters, or frozen (heads only)."""
+    from peft import LoraConfig, get_peft_model
 
-
-def train_monitor(
-    config: MonitorTrainConfig,
-    *,
-    base: LoadedModel | None = None,
-    stop_event: object | None = None,
-    progress: bool = True,
-) -> SCMMonitorModel:
-    """Train a monitor, choose its rule on ``config.val`` (if given), save the folder and a model card."""
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from peft.utils import get_peft_model_state_dict
-
-    t_start = time.perf_counter()
-    records = read_jsonl(config.data, MonitorRecord)
-    val = read_jsonl(config.val, MonitorRecord) if config.val else []
-    prompts = read_jsonl(config.prompt_data, PromptRecord) if config.prompt_data else []
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    loaded = base or load_policy(config.base, dtype="float32")
     backbone = loaded.model
     if config.variant == "lora":
         lora = LoraConfig(
@@ -238,6 +186,110 @@ def train_monitor(
     else:
         for p in backbone.parameters():
             p.requires_grad_(False)
+    return backbone
+
+
+def _prompt_loss(
+    monitor: SCMMonitorModel,
+    prompts: list[PromptRecord],
+    step: int,
+    config: MonitorTrainConfig,
+    pad: int,
+) -> torch.Tensor:
+    """Cross-entropy of the prompt head on the step's batch of requests (cycling through them)."""
+    assert monitor.prompt_head is not None
+    batch_p = [
+        prompts[(step * config.batch_size + j) % len(prompts)] for j in range(config.batch_size)
+    ]
+    pid = [monitor.prefix_ids(p.prompt) for p in batch_p]
+    pb = _batch([(x, len(x) - 1, [0], p.label) for x, p in zip(pid, batch_p, strict=True)], pad)
+    with torch.set_grad_enabled(config.variant == "lora"):
+        ph, _ = monitor.hidden_states(pb["ids"], attention_mask=pb["att"])
+    logits = monitor.prompt_head(ph[torch.arange(ph.shape[0]), pb["last"]])
+    return torch.nn.functional.cross_entropy(logits, pb["resp"])
+
+
+def _step_fn(
+    monitor: SCMMonitorModel,
+    encoded: list[tuple[list[int], int, list[int], int]],
+    prompts: list[PromptRecord],
+    config: MonitorTrainConfig,
+    pad: int,
+) -> StepFn:
+    """The monitor's training step: the dual loss on a batch of responses, plus the prompt head's."""
+    feature_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def step_fn(step: int, idx: list[int]) -> StepOutput:
+        b = _batch([encoded[j] for j in idx], pad)
+        if (
+            config.variant == "heads"
+        ):  # frozen backbone: one forward per example, cached across epochs
+            h_tok, h_last = _cached_features(monitor, encoded, idx, feature_cache, pad)
+        else:
+            hidden, _ = monitor.hidden_states(b["ids"], attention_mask=b["att"])
+            h_tok = hidden.gather(1, b["pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            h_last = hidden[torch.arange(hidden.shape[0]), b["last"]]
+        loss, parts = dual_loss(
+            monitor.token_head(h_tok),
+            b["lab"],
+            b["msk"],
+            monitor.response_head(h_last),
+            b["resp"],
+            config,
+        )
+        if prompts and monitor.prompt_head is not None:
+            loss = loss + _prompt_loss(monitor, prompts, step, config, pad)
+        return StepOutput(loss, int(b["att"].sum()), {"parts": parts})
+
+    return step_fn
+
+
+def _checkpoint_fns(
+    monitor: SCMMonitorModel, backbone: torch.nn.Module, lora: bool
+) -> tuple[Callable[[], dict[str, torch.Tensor]], Callable[[dict[str, torch.Tensor]], None]]:
+    """What a checkpoint holds (the heads as ``heads.*``, LoRA weights as ``lora.*``) and how it is
+    loaded back."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict
+
+    def trainable() -> dict[str, torch.Tensor]:
+        d = {
+            f"heads.{k}": v
+            for k, v in monitor.state_dict().items()
+            if not k.startswith("backbone.")
+        }
+        if lora:
+            d |= {f"lora.{k}": v for k, v in get_peft_model_state_dict(backbone).items()}
+        return d
+
+    def restore(tensors: dict[str, torch.Tensor]) -> None:
+        monitor.load_state_dict(
+            {k[6:]: v for k, v in tensors.items() if k.startswith("heads.")}, strict=False
+        )
+        if lora:
+            set_peft_model_state_dict(
+                backbone, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")}
+            )
+
+    return trainable, restore
+
+
+def train_monitor(
+    config: MonitorTrainConfig,
+    *,
+    base: LoadedModel | None = None,
+    stop_event: object | None = None,
+    progress: bool = True,
+) -> SCMMonitorModel:
+    """Train a monitor, choose its rule on ``config.val`` (if given), save the folder and a model card."""
+    t_start = time.perf_counter()
+    records = read_jsonl(config.data, MonitorRecord)
+    val = read_jsonl(config.val, MonitorRecord) if config.val else []
+    prompts = read_jsonl(config.prompt_data, PromptRecord) if config.prompt_data else []
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    loaded = base or load_policy(config.base, dtype="float32")
+    backbone = _backbone(loaded, config)
     monitor = SCMMonitorModel(
         backbone, loaded.tokenizer, prompt_head=bool(prompts), backbone_ref=config.base
     )
@@ -251,113 +303,60 @@ def train_monitor(
         p for p in backbone.parameters() if p.requires_grad
     ]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-
-    def trainable() -> dict[str, torch.Tensor]:
-        d = {
-            f"heads.{k}": v
-            for k, v in monitor.state_dict().items()
-            if not k.startswith("backbone.")
-        }
-        if config.variant == "lora":
-            d |= {f"lora.{k}": v for k, v in get_peft_model_state_dict(backbone).items()}
-        return d
-
-    feature_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    steps_per_epoch = (len(encoded) + config.batch_size - 1) // config.batch_size
-    total = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-    ckpt_dir = config.out / "checkpoints"
-    step, losses = 0, []
-    last = latest_checkpoint(ckpt_dir)
-    if last is not None:
-        tensors, state = load_checkpoint(last, opt)
-        monitor.load_state_dict(
-            {k[6:]: v for k, v in tensors.items() if k.startswith("heads.")}, strict=False
-        )
-        if config.variant == "lora":
-            set_peft_model_state_dict(
-                backbone, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")}
-            )
-        step, losses = int(state["step"]), list(state["losses"])
-    cols = (
-        TextColumn("train monitor"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:.0f} tok/s"),
-    )
+    trainable, restore = _checkpoint_fns(monitor, backbone, config.variant == "lora")
     monitor.train()
-    with Progress(*cols, disable=not progress) as bar:
-        task = bar.add_task("train", total=total, completed=step, loss=float("nan"), tps=0.0)
-        t0, seen = time.perf_counter(), 0
-        while step < total:
-            epoch, i = divmod(step, steps_per_epoch)
-            order = torch.randperm(
-                len(encoded), generator=torch.Generator().manual_seed(config.seed + epoch)
-            ).tolist()
-            raise_if_stopped(stop_event, "monitor training")  # type: ignore[arg-type]
-            idx = order[i * config.batch_size : (i + 1) * config.batch_size]
-            b = _batch([encoded[j] for j in idx], pad)
-            if (
-                config.variant == "heads"
-            ):  # frozen backbone: one forward per example, cached across epochs
-                h_tok, h_last = _cached_features(monitor, encoded, idx, feature_cache, pad)
-            else:
-                hidden, _ = monitor.hidden_states(b["ids"], attention_mask=b["att"])
-                h_tok = hidden.gather(1, b["pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-                h_last = hidden[torch.arange(hidden.shape[0]), b["last"]]
-            loss, parts = dual_loss(
-                monitor.token_head(h_tok),
-                b["lab"],
-                b["msk"],
-                monitor.response_head(h_last),
-                b["resp"],
-                config,
-            )
-            if prompts and monitor.prompt_head is not None:
-                batch_p = [
-                    prompts[(step * config.batch_size + j) % len(prompts)]
-                    for j in range(config.batch_size)
-                ]
-                pid = [monitor.prefix_ids(p.prompt) for p in batch_p]
-                pb = _batch(
-                    [(x, len(x) - 1, [0], p.label) for x, p in zip(pid, batch_p, strict=True)], pad
-                )
-                with torch.set_grad_enabled(config.variant == "lora"):
-                    ph, _ = monitor.hidden_states(pb["ids"], attention_mask=pb["att"])
-                logits = monitor.prompt_head(ph[torch.arange(ph.shape[0]), pb["last"]])
-                loss = loss + torch.nn.functional.cross_entropy(logits, pb["resp"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            losses.append(loss.item())
-            seen += int(b["att"].sum())
-            bar.update(
-                task, advance=1, loss=losses[-1], tps=seen / max(time.perf_counter() - t0, 1e-9)
-            )
-            if step % config.checkpoint_every == 0 or step == total:
-                save_checkpoint(
-                    ckpt_dir, step, trainable(), opt, {"losses": losses, "parts": parts}
-                )
+    done = train_loop(
+        config,
+        n_examples=len(encoded),
+        optimizer=opt,
+        step_fn=_step_fn(monitor, encoded, prompts, config, pad),
+        trainable=trainable,
+        restore=restore,
+        checkpoints=config.out / "checkpoints",
+        label="train monitor",
+        what="monitor training",
+        stop_event=stop_event,
+        progress=progress,
+    )
     monitor.eval()
-    val_f1 = None
-    if val:
-        scored = []
-        for r in val:
-            ids, p, _ = _encode(monitor, r, config.max_response_tokens)
-            t, s = monitor.score(r.prompt, ids[p:])
-            scored.append((t.tolist(), s.tolist(), r.label))
-        monitor.rule, val_f1 = choose_rule(scored)
-    wall = time.perf_counter() - t_start
+    val_f1 = _choose_on_val(monitor, val, config)
+    _save(monitor, config, done, len(records), val_f1, time.perf_counter() - t_start)
+    return monitor
+
+
+def _choose_on_val(
+    monitor: SCMMonitorModel, val: list[MonitorRecord], config: MonitorTrainConfig
+) -> float | None:
+    """Set the monitor's rule to the best one on the validation records; its macro F1 (None: no
+    validation split, the default rule stays)."""
+    if not val:
+        return None
+    scored = []
+    for r in val:
+        ids, p, _ = _encode(monitor, r, config.max_response_tokens)
+        t, s = monitor.score(r.prompt, ids[p:])
+        scored.append((t.tolist(), s.tolist(), r.label))
+    monitor.rule, val_f1 = choose_rule(scored)
+    return val_f1
+
+
+def _save(
+    monitor: SCMMonitorModel,
+    config: MonitorTrainConfig,
+    done: LoopResult,
+    n_records: int,
+    val_f1: float | None,
+    wall: float,
+) -> None:
+    """Save the trained monitor with its metadata, and its model card."""
+    losses = done.losses
     monitor.metadata = {
         "variant": config.variant,
-        "steps": step,
+        "steps": done.step,
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "val_macro_f1": val_f1,
-        "train_records": len(records),
+        "train_records": n_records,
         "wall_time_s": round(wall, 1),
         "seed": config.seed,
     }
@@ -371,14 +370,13 @@ def train_monitor(
             + " on a causal LM backbone.",
             "Backbone": config.base,
             "Variant": config.variant,
-            "Training": f"{len(records)} responses from `{config.data}`, {step} steps, loss weights token "
+            "Training": f"{n_records} responses from `{config.data}`, {done.step} steps, loss weights token "
             f"{config.w_token} / response {config.w_response} / logic {config.w_logic}.",
             "Decision rule": f"{monitor.rule.model_dump()} (chosen on `{config.val}`, macro F1 {val_f1})"
-            if val
+            if val_f1 is not None
             else f"{monitor.rule.model_dump()} (default; no validation split given)",
             "Wall time": f"{wall:.1f} s",
             "Licences": config.licences
             or "not given: add the base model's and the data's licences",
         },
     )
-    return monitor

@@ -14,20 +14,18 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from saffron_runtime.cancel import raise_if_stopped
 from saffron_runtime.config import Settings
 from saffron_runtime.jsonl import read_jsonl
 from saffron_runtime.models.loading import LoadedModel, load_policy
 from saffron_runtime.models.mrm import MRMTemplate, MultifurcationRewardModel
 from saffron_runtime.models.mrm_io import save_mrm
 from saffron_runtime.models.peft_quiet import quiet_peft
-from saffron_runtime.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from saffron_runtime.training.loop import LoopResult, StepOutput, train_loop
 from saffron_runtime.training.lora import top_layers
 from saffron_runtime.training.model_card import write_model_card
 from saffron_runtime.training.reward_data import TokenRewardRecord
@@ -138,28 +136,10 @@ def _decoder(model: torch.nn.Module) -> torch.nn.Module:
     return inner.model
 
 
-def train_mrm(
-    config: MRMTrainConfig,
-    *,
-    base: LoadedModel | None = None,
-    stop_event: object | None = None,
-    progress: bool = True,
-) -> MultifurcationRewardModel:
-    """Train an MRM on token-level reward data; resume from ``out/checkpoints`` if present.
+def _lora_model(loaded: LoadedModel, config: MRMTrainConfig) -> torch.nn.Module:
+    """The base model with LoRA adapters, in training mode."""
+    from peft import LoraConfig, get_peft_model
 
-    Writes the Saffron-1 layout plus ``saffron_mrm.json`` and a model card into ``config.out``.
-    """
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from peft.utils import get_peft_model_state_dict
-
-    t_start = time.perf_counter()
-    records = read_jsonl(config.data, TokenRewardRecord)  # validated up front
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    loaded = base or load_policy(config.base, dtype="float32")
-    template = MRMTemplate(prefix=config.template_prefix, separator=config.template_separator)
-    tok = loaded.tokenizer
-    prefix_ids = {r.id: template.prompt_ids(tok, r.prompt) for r in records}
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -171,90 +151,95 @@ def train_mrm(
     with quiet_peft():
         model = get_peft_model(loaded.model, lora)
     model.train()
+    return model
+
+
+def train_mrm(
+    config: MRMTrainConfig,
+    *,
+    base: LoadedModel | None = None,
+    stop_event: object | None = None,
+    progress: bool = True,
+) -> MultifurcationRewardModel:
+    """Train an MRM on token-level reward data; resume from ``out/checkpoints`` if present.
+
+    Writes the Saffron-1 layout plus ``saffron_mrm.json`` and a model card into ``config.out``.
+    """
+    from peft import set_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict
+
+    t_start = time.perf_counter()
+    records = read_jsonl(config.data, TokenRewardRecord)  # validated up front
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    loaded = base or load_policy(config.base, dtype="float32")
+    template = MRMTemplate(prefix=config.template_prefix, separator=config.template_separator)
+    tok = loaded.tokenizer
+    prefix_ids = {r.id: template.prompt_ids(tok, r.prompt) for r in records}
+    model = _lora_model(loaded, config)
     head = model.get_output_embeddings()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     loss_fn = LOSSES[config.loss]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    saved_config = {"config": config.model_dump(mode="json")}
 
-    steps_per_epoch = (len(records) + config.batch_size - 1) // config.batch_size
-    total = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-    ckpt_dir = config.out / "checkpoints"
-    step, losses = 0, []
-    last = latest_checkpoint(ckpt_dir)
-    if last is not None:
-        tensors, state = load_checkpoint(last, opt)
-        set_peft_model_state_dict(model, tensors)
-        step, losses = int(state["step"]), list(state["losses"])
+    def step_fn(step: int, idx: list[int]) -> StepOutput:
+        b = _batch([records[j] for j in idx], prefix_ids, pad, config.max_response_tokens)
+        hidden = _decoder(model)(
+            input_ids=b["input_ids"], attention_mask=b["attention_mask"]
+        ).last_hidden_state
+        h = hidden.gather(1, b["pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        loss = partial_supervision_loss(
+            h, head.weight, head.bias, b["targets"], b["rewards"], b["mask"], loss_fn
+        )
+        return StepOutput(loss, int(b["mask"].sum()), saved_config)
 
-    cols = (
-        TextColumn("train MRM"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:.0f} tok/s"),
+    done = train_loop(
+        config,
+        n_examples=len(records),
+        optimizer=opt,
+        step_fn=step_fn,
+        trainable=lambda: get_peft_model_state_dict(model),
+        restore=lambda tensors: set_peft_model_state_dict(model, tensors),
+        checkpoints=config.out / "checkpoints",
+        label="train MRM",
+        what="MRM training",
+        stop_event=stop_event,
+        progress=progress,
     )
-    tokens_seen, t0 = 0, time.perf_counter()
-    with Progress(*cols, disable=not progress) as bar:
-        task = bar.add_task("train", total=total, completed=step, loss=float("nan"), tps=0.0)
-        while step < total:
-            epoch, i = divmod(step, steps_per_epoch)
-            order = torch.randperm(
-                len(records), generator=torch.Generator().manual_seed(config.seed + epoch)
-            )
-            idx = order[i * config.batch_size : (i + 1) * config.batch_size].tolist()
-            raise_if_stopped(stop_event, "MRM training")  # type: ignore[arg-type]
-            b = _batch([records[j] for j in idx], prefix_ids, pad, config.max_response_tokens)
-            hidden = _decoder(model)(
-                input_ids=b["input_ids"], attention_mask=b["attention_mask"]
-            ).last_hidden_state
-            h = hidden.gather(1, b["pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-            loss = partial_supervision_loss(
-                h, head.weight, head.bias, b["targets"], b["rewards"], b["mask"], loss_fn
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            losses.append(float(loss.detach()))
-            tokens_seen += int(b["mask"].sum())
-            bar.update(
-                task,
-                advance=1,
-                loss=losses[-1],
-                tps=tokens_seen / max(time.perf_counter() - t0, 1e-9),
-            )
-            if step % config.checkpoint_every == 0 or step == total:
-                save_checkpoint(
-                    ckpt_dir,
-                    step,
-                    get_peft_model_state_dict(model),
-                    opt,
-                    {"losses": losses, "config": config.model_dump(mode="json")},
-                )
-
     model.eval()
+    return _save(model, tok, template, records, config, done, time.perf_counter() - t_start)
+
+
+def _save(
+    model: torch.nn.Module,
+    tok: Any,
+    template: MRMTemplate,
+    records: list[TokenRewardRecord],
+    config: MRMTrainConfig,
+    done: LoopResult,
+    wall: float,
+) -> MultifurcationRewardModel:
+    """The trained MRM with its unseen-token mask, saved with its metadata and model card."""
+    head = model.get_output_embeddings()
     mask = compute_unseen_mask(records, int(head.weight.shape[0]), config.max_response_tokens)
-    eos = tok.eos_token_id
-    eos_supervised = any(r.ended_with_eos for r in records)
     mrm = MultifurcationRewardModel(
         model=model,
         tokenizer=tok,
         template=template,
         unseen_mask=mask,
-        eos_supervised=eos_supervised,
+        eos_supervised=any(r.ended_with_eos for r in records),
     )
-    wall = time.perf_counter() - t_start
+    losses = done.losses
     meta = {
-        "steps": step,
+        "steps": done.step,
         "final_loss": losses[-1] if losses else None,
         "first_loss": losses[0] if losses else None,
         "train_records": len(records),
         "wall_time_s": round(wall, 1),
         "seed": config.seed,
-        "eos_token_id": eos,
+        "eos_token_id": tok.eos_token_id,
     }
     save_mrm(mrm, config.out, base=config.base, metadata=meta)
     write_model_card(
@@ -265,7 +250,7 @@ def train_mrm(
             "reward vector: R(x, y_<t)[v] = predicted judge margin after appending token v.",
             "Base model": config.base,
             "Training": f"partial supervision ({config.loss}) on {len(records)} responses from "
-            f"`{config.data}`; {step} steps, batch {config.batch_size}, lr {config.lr}, "
+            f"`{config.data}`; {done.step} steps, batch {config.batch_size}, lr {config.lr}, "
             f"LoRA r={config.lora_r} alpha={config.lora_alpha} on {config.target_modules}"
             f" ({f'last {config.top_layers} layers' if config.top_layers else 'all layers'}).",
             "Loss": f"first {meta['first_loss']}, last {meta['final_loss']}",

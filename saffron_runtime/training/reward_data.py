@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import torch
 from pydantic import BaseModel, Field, model_validator
@@ -167,6 +168,34 @@ def score_record(
     )
 
 
+def _write_scored(
+    policy: LoadedModel,
+    judge: PrefixJudge,
+    todo: Sequence[PromptItem],
+    rolled: Sequence[tuple[list[int], list[int], bool]],
+    f: TextIO,
+    filter_fn: Callable[[TokenRewardRecord], bool] | None,
+) -> int:
+    """Score each rolled-out answer and write the kept records to ``f``; the tokens written."""
+    written = 0
+    for it, (pre, cont, ended) in zip(todo, rolled, strict=True):
+        if not cont or cont == [policy.tokenizer.eos_token_id]:
+            continue  # an empty answer has no prefix to score
+        rec = score_record(
+            judge,
+            it,
+            pre,
+            cont,
+            ended,
+            eos_token_id=policy.tokenizer.eos_token_id,
+            policy_name=policy.source,
+        )
+        if filter_fn is None or filter_fn(rec):
+            f.write(json.dumps(rec.model_dump(mode="json"), ensure_ascii=False) + "\n")
+            written += len(cont)
+    return written
+
+
 def build_reward_data(
     policy: LoadedModel,
     judge: PrefixJudge,
@@ -216,21 +245,7 @@ def build_reward_data(
                 top_p=top_p,
                 seed=seed + b,
             )
-            for it, (pre, cont, ended) in zip(todo, rolled, strict=True):
-                if not cont or cont == [policy.tokenizer.eos_token_id]:
-                    continue  # an empty answer has no prefix to score
-                rec = score_record(
-                    judge,
-                    it,
-                    pre,
-                    cont,
-                    ended,
-                    eos_token_id=policy.tokenizer.eos_token_id,
-                    policy_name=policy.source,
-                )
-                if filter_fn is None or filter_fn(rec):
-                    f.write(json.dumps(rec.model_dump(mode="json"), ensure_ascii=False) + "\n")
-                    written += len(cont)
+            written += _write_scored(policy, judge, todo, rolled, f, filter_fn)
             f.flush()
             bar.update(
                 task,

@@ -76,11 +76,11 @@ def test_chat_saffron_defaults_use_the_bundled_models(smollm2):
     from langchain_saffron import ChatSaffron
 
     chat = ChatSaffron(policy=smollm2, max_tokens=4, budget=2)
-    assert chat.engine.mrm is not None and isinstance(chat._monitor, SCMMonitor)
+    assert chat.engine.mrm is not None and isinstance(chat.streaming_monitor, SCMMonitor)
     meta = chat.invoke("Name a colour.").response_metadata["saffron"]
     assert meta["stats"]["method"] == "saffron" and meta["stats"]["reward_forwards"] > 0
     greedy = ChatSaffron(policy=smollm2, method="greedy", monitor=None)
-    assert greedy.engine.mrm is None and greedy._monitor is None  # nothing loaded that is not used
+    assert greedy.engine.mrm is None and greedy.streaming_monitor is None  # nothing loaded that is not used
 
 
 def test_bundled_lora_monitor_ships_with_its_card_and_never_touches_the_policy(smollm2):

@@ -17,13 +17,13 @@ from saffron_runtime.evaluation.attack import (
     Judged,
     MethodSpec,
     attack_table,
+    build_harness,
     load_prompts,
     matched_comparison,
     method_grid,
     paired_difference,
     reference_start,
 )
-from saffron_runtime.evaluation.attack_run import build_harness
 
 runner = CliRunner()
 HARMFUL = [

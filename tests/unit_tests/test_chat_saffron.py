@@ -11,6 +11,7 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import HumanMessage
 
+from langchain_saffron.callbacks import SaffronGuardCallbackHandler
 from langchain_saffron.chat_models import ChatSaffron
 from saffron_runtime.errors import ConfigError, GuardrailViolation, PromptError
 from saffron_runtime.guarded import GuardedGeneration
@@ -130,7 +131,7 @@ def test_on_violation_modes(parts):
 def test_blocked_run_stops_computing_within_one_step(parts):
     model = _violating(parts)
     ids = model.engine.chat_prompt_ids("go")
-    gen = GuardedGeneration(model.engine, model._monitor, ids, SearchConfig(budget=3, max_new_tokens=40, max_commit_lag=1),
+    gen = GuardedGeneration(model.engine, model.streaming_monitor, ids, SearchConfig(budget=3, max_new_tokens=40, max_commit_lag=1),
                             prompt_text="go")
     list(gen)
     assert gen.outcome.blocked and gen.outcome.steps_after_verdict == 0
@@ -213,3 +214,52 @@ def test_with_structured_output_by_constrained_decoding(parts, method):
     assert isinstance(out, Answer) and len(out.word) <= 5 and 0 <= out.n <= 9
     raw = model.with_structured_output(Answer, method=method, include_raw=True).invoke("again")
     assert raw["parsing_error"] is None and isinstance(raw["parsed"], Answer)
+
+
+def test_streaming_monitor_is_the_monitor_it_checks_with_and_read_only(parts):
+    watcher = CallableMonitor(flag_long, every_chars=1)
+    model = chat(parts, monitor=watcher)
+    assert model.streaming_monitor is watcher and chat(parts, monitor=None).streaming_monitor is None
+    with pytest.raises((AttributeError, ValueError)):
+        model.streaming_monitor = None
+
+
+class _QuietGuard(SaffronGuardCallbackHandler):
+    """The real guard, with its violation logged instead of raised: only its stop event can end the
+    search, so the model must listen to it."""
+
+    raise_error = False
+
+
+@pytest.mark.parametrize("mode", ["invoke", "_stream", "_astream"])
+def test_a_guard_callbacks_stop_event_ends_the_search(parts, mode):
+    """``invoke`` hands ``_generate`` the run manager; LangChain's ``stream``/``astream`` do not pass
+    one to ``_stream``/``_astream``, so those hooks are driven here with a real one."""
+    from langchain_core.callbacks import AsyncCallbackManager, CallbackManager
+
+    model = chat(parts, monitor=None, max_tokens=40, min_new_tokens=40, max_commit_lag=1)
+    guard = _QuietGuard(CallableMonitor(flag_long, every_chars=1))
+    messages = [HumanMessage("go")]
+    if mode == "invoke":
+        msg = model.invoke(messages, config={"callbacks": [guard]})
+    elif mode == "_stream":
+        [run] = CallbackManager.configure([guard]).on_chat_model_start({}, [messages])
+        *_, last = model._stream(messages, run_manager=run)
+        msg = last.message
+    else:
+
+        async def drive() -> Any:
+            [run] = await AsyncCallbackManager.configure([guard]).on_chat_model_start({}, [messages])
+            return [c async for c in model._astream(messages, run_manager=run)][-1].message
+
+        msg = asyncio.run(drive())
+    stats = msg.response_metadata["saffron"]["stats"]
+    assert guard.verdicts, "the guard's monitor fired"
+    assert stats["stopped"] and stats["stop_reason"] == "stop event set"
+    assert stats["steps"] < 40  # it stopped growing once the guard fired
+
+
+def test_a_raising_guard_stops_the_search_too(parts):
+    model = chat(parts, monitor=None, max_tokens=40, min_new_tokens=40, max_commit_lag=1)
+    with pytest.raises(GuardrailViolation):
+        model.invoke("go", config={"callbacks": [SaffronGuardCallbackHandler(CallableMonitor(flag_long, every_chars=1))]})

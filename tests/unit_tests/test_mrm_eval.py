@@ -1,4 +1,4 @@
-"""C2 MRM evaluation: Spearman and bootstrap against hand values, and evaluate_mrm on oracle MRMs."""
+"""MRM evaluation: Spearman and bootstrap against hand values, and evaluate_mrm on oracle MRMs."""
 
 from __future__ import annotations
 

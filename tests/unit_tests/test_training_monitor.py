@@ -1,5 +1,5 @@
-"""C1 monitor training on a tiny model: the logic term's formula, both variants end to end, the
-rule chosen on validation, loading back through B1, and resume after a kill."""
+"""Monitor training on a tiny model: the logic term's formula, both variants end to end, the
+rule chosen on validation, loading back through the streaming monitor, and resume after a kill."""
 
 from __future__ import annotations
 

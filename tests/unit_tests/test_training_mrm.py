@@ -1,4 +1,4 @@
-"""C1 reward data and MRM training on tiny random models: exact judges, partial supervision, resume."""
+"""Reward data and MRM training on tiny random models: exact judges, partial supervision, resume."""
 
 from __future__ import annotations
 

@@ -4,24 +4,23 @@ JSON report (results, over-refusal, and what each judge is and how accurate it w
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from saffron_runtime.evaluation.attack import (
-    AttackHarness,
-    AttackSettings,
-    GenerationCache,
-    Judged,
-    MethodSpec,
-    VerdictLedger,
+from saffron_runtime.evaluation.attack.grid import AttackSettings, MethodSpec
+from saffron_runtime.evaluation.attack.harness import AttackHarness, Judged
+from saffron_runtime.evaluation.attack.stats import (
     attack_table,
-    fingerprint_files,
     matched_comparison,
     over_refusal_table,
     paired_difference,
+)
+from saffron_runtime.evaluation.attack.store import (
+    GenerationCache,
+    VerdictLedger,
+    fingerprint_files,
 )
 from saffron_runtime.evaluation.refusal import is_refusal
 from saffron_runtime.evaluation.text_judges import (
@@ -45,25 +44,21 @@ def build_harness(
     """Policy + MRM (when Saffron runs) + the learned judge (also the PRM and the Best-of-N ranker);
     ``ledger``: the committable verdict ledger to read and append (see :class:`VerdictLedger`)."""
     from saffron_runtime.bundled import DEFAULT_MONITOR, MRM, bundled_path, resolve_bundled
-    from saffron_runtime.models.loading import load_policy
-    from saffron_runtime.models.mrm_io import load_mrm
-    from saffron_runtime.models.smollm2 import speaks_smollm2
-    from saffron_runtime.monitor.adapters import response_head_prm
-    from saffron_runtime.monitor.model import CONFIG_FILE, load_monitor
-    from saffron_runtime.search.engine import SearchEngine
+    from saffron_runtime.stack import StackOptions, build_stack
 
-    pol = load_policy(policy, chat=True)
-    mon_dir = resolve_bundled(monitor, DEFAULT_MONITOR)
-    backbone = (
-        json.loads((mon_dir / CONFIG_FILE).read_text()).get("backbone")
-        if (mon_dir / CONFIG_FILE).is_file()
-        else None
+    # the learned judge is the monitor's response head, which is also the PRM and the Best-of-N ranker
+    stack = build_stack(
+        StackOptions(
+            policy=policy,
+            mrm=mrm or None,
+            monitor=None,
+            prm=monitor,
+            methods=("prm_beam", "saffron") if mrm else ("prm_beam",),
+        )
     )
-    same = backbone == "smollm2" and speaks_smollm2(pol.tokenizer)  # heads on the policy's states
-    shared = {"backbone": pol.model, "tokenizer": pol.tokenizer} if same else {}
-    learned = load_monitor(monitor, **shared)
-    reward = load_mrm(mrm, policy_tokenizer=pol.tokenizer) if mrm else None
-    engine = SearchEngine(pol, reward, response_head_prm(learned))
+    engine, learned = stack.engine, stack.prm_monitor
+    assert learned is not None  # prm= names a monitor folder, so its model is the PRM's
+    mon_dir = resolve_bundled(monitor, DEFAULT_MONITOR)
     harm, refusal = load_judges(None if judges == "bundled" else judges)
     mrm_dir = resolve_bundled(mrm, MRM) if mrm else None
     policy_id = policy if not Path(policy).exists() else fingerprint_files(policy)

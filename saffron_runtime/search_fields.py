@@ -1,0 +1,68 @@
+"""Every search setting, declared once, with its default, bounds and docstring.
+
+:class:`SearchFields` is what ChatSaffron inherits as its fields and what the ``saffron`` command
+line generates its options from; :class:`saffron_runtime.search.config.SearchConfig` (what the
+engine reads) adds the stop strings. It lives outside the ``search`` package, which imports torch,
+so that ``saffron --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+UNSEEN_REWARD = -1024.0
+"""The reward the reference code gives to tokens never supervised in training."""
+
+Method = Literal["saffron", "best_of_n", "prm_beam", "greedy"]
+METHODS: tuple[str, ...] = ("saffron", "best_of_n", "prm_beam", "greedy")
+
+
+class SearchFields(BaseModel):
+    """How to decode: one model for every method; each field says which methods read it.
+
+    ``temperature`` affects only the sampling baseline (Best-of-N); Saffron ranks candidates by
+    reward and never samples, so a temperature of 0 (as LangChain's standard tests pass) does not
+    turn it into greedy decoding.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True, populate_by_name=True)
+
+    method: Method = "saffron"
+    """Search method: ``saffron`` (MRM-guided tree search), ``best_of_n`` (N samples ranked by the PRM,
+    else the MRM), ``prm_beam`` (beam search scored by a process reward model) or ``greedy``."""
+    budget: int = Field(4, ge=1, le=256)
+    """Frontier width: beams kept per step (saffron, prm_beam)."""
+    num_samples: int = Field(8, ge=1, le=1024)
+    """N of Best-of-N: samples drawn and ranked (best_of_n)."""
+    prm_children: int = Field(4, ge=1, le=256)
+    """Children sampled per beam and scored by the PRM, one forward each (prm_beam)."""
+    top_p: float = Field(0.8, gt=0.0, le=1.0)
+    """Nucleus of the policy the candidates come from (every method but greedy)."""
+    temperature: float = Field(1.0, ge=0.0, le=10.0)
+    """Sampling temperature of Best-of-N (0 samples greedily)."""
+    max_new_tokens: int = Field(
+        128, ge=1, le=8192, validation_alias=AliasChoices("max_new_tokens", "max_tokens")
+    )
+    """Most tokens to generate (LangChain's ``max_tokens`` is the same setting). 128: a chat answer of a
+    short paragraph; the engine (50) and ``saffron generate`` (64) used to cut answers mid-sentence. The
+    attack evaluation always passes its own value (50), so its numbers do not depend on this."""
+    min_new_tokens: int = Field(1, ge=0, le=8192)
+    """EOS is banned for this many tokens (the reference code used 16 for its evaluation; 1 keeps
+    short chat answers short)."""
+    faithful: bool = False
+    """Reproduce the reference code's quirks (finished-beam ranking) instead of the fixed rules."""
+    max_commit_lag: int | None = Field(None, ge=1, le=8192)
+    """Streaming: when the frontier runs this many tokens past the text every beam agrees on, keep
+    only the best beam's subtree so the agreed text is committed (and shown) sooner. ``None`` (the
+    default) never prunes: pruning changes which answer the search returns, and the published attack
+    evaluation ran without it. Set e.g. 8 for a steadier stream (ChatSaffron used 8 before)."""
+    unseen_reward: float = UNSEEN_REWARD
+    """Reward of tokens the MRM never saw supervised in training (conservative: they lose)."""
+    seed: int = 0
+    """Random seed of the sampling methods."""
+
+
+SEARCH_FIELDS: tuple[str, ...] = tuple(SearchFields.model_fields)
+"""Names of the search settings, in declaration order (ChatSaffron's per-call settings)."""

@@ -1,0 +1,194 @@
+"""Rewards for every child in the policy's nucleus: the data an MRM needs to rank within a prefix.
+
+The search asks the MRM one question: among the children of this prefix, which is safest? Scoring only
+the token a rollout took (one entry per prefix) teaches it to rank prefixes against each other, not
+the children of one prefix. This module adds, for sampled positions ``t`` of each reward record, the
+judge's margin for ``prefix + c`` for every child ``c`` in the policy's nucleus (temperature 1,
+``top_p``, the observed token always included), as the search sees them.
+
+Cost per record: one policy forward (the nucleus at every position), one judge forward over the whole
+response (its KV and smoothed margins), and one batched single-token judge step for all chosen
+children, each row attending only to its own prefix of the shared KV.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers import DynamicCache
+
+from saffron_runtime.errors import DataError
+from saffron_runtime.jsonl import iter_jsonl
+from saffron_runtime.models.chat import chat_prompt_ids
+from saffron_runtime.models.kv import kv_kwargs, returned_kv
+from saffron_runtime.models.loading import LoadedModel
+from saffron_runtime.training.judges import CausalHeadJudge
+from saffron_runtime.training.reward_data import TokenRewardRecord
+
+
+class ChildRewards(BaseModel):
+    """The judged children of one prefix: ``rewards[i]`` is the margin of ``response[:t] + [ids[i]]``."""
+
+    t: int = Field(ge=0)
+    ids: list[int] = Field(min_length=1)
+    rewards: list[float] = Field(min_length=1)
+
+
+class ChildRewardRecord(TokenRewardRecord):
+    """A reward record plus the judged nucleus children of some of its prefixes."""
+
+    children: list[ChildRewards] = Field(default_factory=list)
+
+
+@torch.no_grad()
+def nucleus_children(
+    policy: LoadedModel,
+    prompt: str,
+    prefill_ids: Sequence[int],
+    response_ids: Sequence[int],
+    positions: Sequence[int],
+    *,
+    top_p: float,
+    max_children: int,
+) -> list[list[int]]:
+    """The policy's nucleus (most likely first, capped) before each chosen position, observed token added."""
+    from saffron_runtime.search.nucleus import nucleus
+
+    ids = chat_prompt_ids(policy.tokenizer, prompt) + list(prefill_ids) + list(response_ids[:-1])
+    start = len(ids) - (len(response_ids) - 1) - 1  # the state that predicts response[0]
+    out = policy.model(input_ids=torch.tensor([ids], device=policy.model.device))
+    logits = out.logits[0].float()
+    kids = []
+    for t in positions:
+        toks, _ = nucleus(logits[start + t], top_p)
+        chosen = [int(x) for x in toks[:max_children].tolist()]
+        if response_ids[t] not in chosen:
+            chosen.append(int(response_ids[t]))
+        kids.append(chosen)
+    return kids
+
+
+@torch.no_grad()
+def score_children_at(
+    judge: CausalHeadJudge,
+    prompt: str,
+    response_ids: Sequence[int],
+    positions: Sequence[int],
+    children: Sequence[Sequence[int]],
+) -> list[list[float]]:
+    """``judge.score_prefixes(prompt, [*response[:t], c])[-1]`` for each child ``c`` of each position ``t``.
+
+    One forward over the whole response gives the shared KV and the smoothed prefix margins; one batched
+    step runs every child, each row masked to attend only to the first ``P + t`` keys.
+    """
+    model, dev = judge.backbone, judge.backbone.device
+    prefix = judge.prefix_ids(prompt)
+    seq = prefix + list(response_ids)
+    cache = DynamicCache()
+    full = model(
+        input_ids=torch.tensor([seq], device=dev),
+        **kv_kwargs(model, cache),
+        use_cache=True,
+        output_hidden_states=True,
+    )
+    kv = returned_kv(full) or cache
+    hp = full.hidden_states[-1][0, len(prefix) :].to(judge.head.weight.dtype)
+    lp = judge.head(hp).float()
+    smoothed, m = [], None
+    for x in (lp[:, 0] - lp[:, 1]).tolist():
+        m = x if m is None else judge.ema * x + (1.0 - judge.ema) * m
+        smoothed.append(m)
+    rows_t = [t for t, kids in zip(positions, children, strict=True) for _ in kids]
+    rows_c = [c for kids in children for c in kids]
+    n, width = len(rows_c), len(seq)
+    step_cache = DynamicCache()
+    for i, layer in enumerate(kv.layers):
+        step_cache.update(
+            layer.keys.expand(n, -1, -1, -1).contiguous(),
+            layer.values.expand(n, -1, -1, -1).contiguous(),
+            i,
+        )
+    att = torch.zeros((n, width + 1), dtype=torch.long, device=dev)
+    for r, t in enumerate(rows_t):
+        att[r, : len(prefix) + t] = 1
+    att[:, width] = 1
+    pos = torch.tensor([[len(prefix) + t] for t in rows_t], device=dev)
+    step = model(
+        input_ids=torch.tensor(rows_c, device=dev)[:, None],
+        attention_mask=att,
+        position_ids=pos,
+        **kv_kwargs(model, step_cache),
+        use_cache=True,
+        output_hidden_states=True,
+    )
+    h = step.hidden_states[-1][:, -1].to(judge.head.weight.dtype)
+    logits = judge.head(h).float()
+    raw = (logits[:, 0] - logits[:, 1]).tolist()
+    out, r = [], 0
+    for t, kids in zip(positions, children, strict=True):
+        prev = smoothed[t - 1] if t > 0 else None
+        vals = raw[r : r + len(kids)]
+        r += len(kids)
+        out.append(vals if prev is None else [judge.ema * x + (1.0 - judge.ema) * prev for x in vals])
+    return out
+
+
+def choose_positions(n_tokens: int, k: int, rng: random.Random) -> list[int]:
+    """``k`` distinct positions of a response (all of them when it is shorter), sorted."""
+    if n_tokens <= k:
+        return list(range(n_tokens))
+    return sorted(rng.sample(range(n_tokens), k))
+
+
+def add_child_rewards(
+    policy: LoadedModel,
+    judge: CausalHeadJudge,
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    positions: int = 12,
+    top_p: float = 0.8,
+    max_children: int = 12,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Read reward records, judge the nucleus children at ``positions`` sampled prefixes of each, and
+    append :class:`ChildRewardRecord` lines to ``out`` (resumable: records already there are skipped).
+
+    The EOS position of a response that ended with EOS is never sampled (the judge never reads EOS).
+    """
+    src = list(iter_jsonl(Path(data), TokenRewardRecord))
+    if not src:
+        raise DataError(f"{data}: no reward records; build them first with `saffron data rewards`")
+    out_p = Path(out)
+    out_p.parent.mkdir(parents=True, exist_ok=True)
+    done = {r.id for r in iter_jsonl(out_p, ChildRewardRecord)} if out_p.is_file() else set()
+    cols = (TextColumn("children"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*cols, disable=not progress) as bar, out_p.open("a", encoding="utf-8") as f:
+        task = bar.add_task("children", total=len(src), completed=len(done))
+        for rec in src:
+            if rec.id in done:
+                continue
+            body = rec.response_ids[:-1] if rec.ended_with_eos else rec.response_ids
+            rng = random.Random(f"{seed}:{rec.id}")  # per record, so a resumed run matches
+            pos = choose_positions(len(body), positions, rng)
+            kids = nucleus_children(
+                policy, rec.prompt, rec.prefill_ids, body, pos, top_p=top_p, max_children=max_children
+            )
+            scores = score_children_at(judge, rec.prompt, body, pos, kids)
+            entries = [
+                ChildRewards(t=t, ids=k, rewards=s)
+                for t, k, s in zip(pos, kids, scores, strict=True)
+            ]
+            full = ChildRewardRecord(**rec.model_dump(), children=entries)
+            f.write(json.dumps(full.model_dump(mode="json"), ensure_ascii=False) + "\n")
+            f.flush()
+            bar.advance(task)
+    return out_p
