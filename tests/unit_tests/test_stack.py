@@ -101,7 +101,7 @@ def test_imports_point_one_way():
 
 def test_only_the_stack_assembles_generation_models():
     callers = ("langchain_saffron/chat_models.py", "saffron_runtime/cli.py", "saffron_runtime/demo.py",
-               "saffron_runtime/evaluation/attack_run.py")
+               "saffron_runtime/evaluation/attack/run.py")
     for path in callers:
         src = (ROOT / path).read_text()
         for loader in ("load_mrm(", "load_monitor(", "response_head_prm(", "SearchEngine("):
