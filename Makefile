@@ -20,7 +20,9 @@ install: $(STAMP)
 
 # Two tiers (tests/unit_tests: tiny random models, a few minutes; tests/integration_tests: the real SmolLM2 and
 # MiniLM, the data in data/, the examples and the wheel). `make test` runs ruff and both (what CI runs).
-PYTEST := $(PY) -m pytest -q
+# Extra pytest options: make test-unit PYTEST_ARGS='--durations=30'
+PYTEST_ARGS ?=
+PYTEST := $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
