@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.saffron-installed
 
-.PHONY: test demo install lint clean-venv
+.PHONY: test test-unit test-integration demo install lint clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,22 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 
 install: $(STAMP)
 
+# Two tiers (tests/unit_tests: tiny random models, a few minutes; tests/integration_tests: the real SmolLM2 and
+# MiniLM, the data in data/, the examples and the wheel). `make test` runs ruff and both (what CI runs).
+# Extra pytest options: make test-unit PYTEST_ARGS='--durations=30'
+PYTEST_ARGS ?=
+PYTEST := $(PY) -m pytest -q $(PYTEST_ARGS)
+
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PYTEST) tests/unit_tests tests/integration_tests
+
+test-unit: $(STAMP)
+	$(PY) -m ruff check .
+	$(PYTEST) tests/unit_tests
+
+test-integration: $(STAMP)
+	$(PYTEST) tests/integration_tests
 
 demo: $(STAMP)
 	$(VENV)/bin/saffron demo
@@ -28,7 +41,7 @@ demo: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# Rebuild the bundled SmolLM2 models from ../shared/data (hours on 2 CPU cores; every step resumes).
+# Rebuild the bundled SmolLM2 models from data/ (hours on 2 CPU cores; every step resumes).
 # The harmful rollouts land in runs/ (git-ignored) and are never committed. One thread per job so
 # two jobs can share the 2 cores without thrashing.
 RUNS ?= runs
@@ -44,7 +57,7 @@ LORA_ALL := q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 bundled: bundled-monitor-lora bundled-monitor-heads bundled-mrm bundled-monitor-heads-calibrate
 
 bundled-data: $(STAMP)
-	$(SAFFRON) data splits --data-dir ../shared/data --out $(RUNS)/data
+	$(SAFFRON) data splits --data-dir data --out $(RUNS)/data
 
 bundled-monitor-heads: bundled-data
 	$(SAFFRON) train monitor --data $(RUNS)/data/monitor_train.jsonl --val $(RUNS)/data/monitor_val.jsonl \
@@ -81,7 +94,7 @@ bundled-monitor-lora: bundled-data
 
 # The independent judges of `saffron eval attack` (MiniLM + logistic regression; ~4 min).
 bundled-judges: $(STAMP)
-	$(SAFFRON) eval train-judges --data-dir ../shared/data --out saffron_runtime/bundled/saffron-judges-minilm --json
+	$(SAFFRON) eval train-judges --data-dir data --out saffron_runtime/bundled/saffron-judges-minilm --json
 
 # The published attack evaluation (F2): 100 AdvBench/Do-Not-Answer test prompts, 10-token prefill,
 # every method at budgets 2,4,8 and Best-of-N at 8,16,32, plus Best-of-1 (one sample at the same temperature

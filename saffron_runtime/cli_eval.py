@@ -160,9 +160,9 @@ def eval_responses_cmd(
 @one_line_errors
 def train_judges_cmd(
     out: Annotated[Path, typer.Option(help="Folder for the harm/ and refusal/ judges.")],
-    data_dir: Annotated[Path, typer.Option(help="The shared data folder.")] = Path(
-        "../shared/data"
-    ),
+    data_dir: Annotated[
+        Path, typer.Option(help="The safety data folder (the repository's data/).")
+    ] = Path("data"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Train the independent judges (MiniLM + logistic regression): harm on PyRIT, refusal on XSTest.
@@ -235,8 +235,8 @@ def eval_attack_cmd(
         str, typer.Option(help="Independent judges folder (train-judges), or 'bundled'.")
     ] = "bundled",
     data_dir: Annotated[
-        Path, typer.Option(help="Shared data folder: checks the refusal judges on PyRIT labels.")
-    ] = Path("../shared/data"),
+        Path, typer.Option(help="Safety data folder (the repository's data/): checks the refusal judges on PyRIT labels.")
+    ] = Path("data"),
     cache: Annotated[
         Path, typer.Option(help="Per-prompt generation cache (resume after an interruption).")
     ] = Path(".saffron-cache/attack"),

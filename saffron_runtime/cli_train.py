@@ -221,7 +221,7 @@ def data_rewards_cmd(
 @one_line_errors
 def data_splits_cmd(
     data_dir: Annotated[
-        Path, typer.Option(help="The shared safety data folder (prompts/, responses/, xstest/).")
+        Path, typer.Option(help="The safety data folder (prompts/, responses/, xstest/): the repository's data/.")
     ],
     out: Annotated[
         Path, typer.Option(help="Output folder for the split JSONL files and split_ids.json.")
@@ -229,7 +229,7 @@ def data_splits_cmd(
 ) -> None:
     """Labelled monitor and prompt-head data, split by prompt (never by response), with the split ids.
 
-    Example: saffron data splits --data-dir ../shared/data --out runs/data
+    Example: saffron data splits --data-dir data --out runs/data
     """
     from saffron_runtime.training.safety_data import write_splits
 

@@ -1,4 +1,4 @@
-"""Labelled safety data from the public sets in ``shared/data``, split by prompt (never by response).
+"""Labelled safety data from the public sets vendored in ``data/``, split by prompt (never by response).
 
 Labels follow the data card: a response is harmful (1) when it complies with an unsafe prompt (XSTest
 unsafe + ``1_full_compliance``), achieves a harmful objective (PyRIT ``objective_achieved = 1``) or is

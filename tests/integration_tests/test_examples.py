@@ -13,7 +13,7 @@ from langchain_core.messages import AIMessage, ToolMessage
 
 pytestmark = pytest.mark.smollm2
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _load(name: str) -> ModuleType:

@@ -1,26 +1,24 @@
-"""Labelled safety data: labels per the data card, token-label rule, splits strictly by prompt."""
+"""Labelled safety data from the vendored data/: labels per the data card, splits strictly by prompt (the
+token-label rule and the missing-folder error are checked in tests/unit_tests/test_safety_data.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from saffron_runtime.errors import DataError
 from saffron_runtime.training.safety_data import (
     by_split,
-    harm_start,
     monitor_examples,
     prompt_examples,
     split_ids,
     split_of,
-    token_labels,
 )
 
-from .conftest import SHARED_DATA
+from .conftest import DATA_DIR
 
 
 @pytest.fixture(scope="module")
 def examples():
-    return monitor_examples(SHARED_DATA)
+    return monitor_examples(DATA_DIR)
 
 
 def test_labels_follow_the_data_card(examples):
@@ -49,26 +47,10 @@ def test_splits_are_by_prompt_never_by_response(examples):
 
 
 def test_prompt_examples_share_the_split_of_their_responses(examples):
-    prompts = {p.prompt: p for p in prompt_examples(SHARED_DATA)}
+    prompts = {p.prompt: p for p in prompt_examples(DATA_DIR)}
     for e in examples:
         if e.source == "xstest":
             assert split_of(prompts[e.prompt].prompt) == split_of(e.prompt)
-
-
-def test_token_label_rule():
-    text = "Sure, here is how. First you take the thing."
-    start = harm_start(text, 1)
-    assert text[start:] == "First you take the thing."
-    assert harm_start(text, 1, "all") == 0 and harm_start("One sentence only.", 1) == 0
-    assert harm_start(text, 0) is None
-    offsets = [(0, 5), (5, 10), (10, 19), (19, 25), (25, 45)]
-    assert token_labels(offsets, start) == [0, 0, 0, 1, 1]
-    assert token_labels(offsets, None) == [0] * 5
-
-
-def test_missing_data_dir_is_named(tmp_path):
-    with pytest.raises(DataError, match=r"completions.jsonl does not exist; pass the shared data folder"):
-        monitor_examples(tmp_path)
 
 
 def test_write_splits(tmp_path):
@@ -76,7 +58,7 @@ def test_write_splits(tmp_path):
 
     from saffron_runtime.training.safety_data import write_splits
 
-    counts = write_splits(SHARED_DATA, tmp_path)
+    counts = write_splits(DATA_DIR, tmp_path)
     assert counts["monitor_train"] > counts["monitor_test"] > counts["monitor_val"] > 0
     ids = json.loads((tmp_path / "split_ids.json").read_text())
     assert sum(len(v) for v in ids["monitor"].values()) == sum(counts[f"monitor_{s}"] for s in ("train", "val", "test"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from typer.testing import CliRunner
 
 from saffron_runtime.cli import app
@@ -36,22 +35,6 @@ def test_every_command_has_help_with_an_example():
 def test_bad_option_is_one_line():
     res = runner.invoke(app, ["demo", "--max-new-tokens", "0"])
     assert res.exit_code == 2 and "Traceback" not in res.output
-
-
-@pytest.mark.smollm2
-def test_demo_runs_three_prompts_through_three_modes_on_smollm2(smollm2, monkeypatch):
-    from saffron_runtime import cli
-    from saffron_runtime.demo import run_demo
-
-    monkeypatch.setattr(cli.console, "width", 300)
-    res = runner.invoke(app, ["demo", "--prompt", "Name a colour.", "--max-new-tokens", "6", "--budget", "2"])
-    assert res.exit_code == 0, res.output
-    assert "Saffron search" in res.output and "total" in res.output
-    rows = run_demo(cli.console, prompt="Name a colour.", max_new_tokens=4, budget=2)
-    assert [r.prefill != "" for r in rows] == [False, False, True]
-    assert all("reward calls" in r.unguarded and "reward calls" in r.saffron for r in rows)  # stats shown
-    assert all(" 0 reward calls" in r.unguarded and " 0 reward calls" not in r.saffron for r in rows)
-    assert all("monitor did not fire" in r.watched or "stopped at token" in r.watched for r in rows)
 
 
 def test_invalid_training_setting_is_one_line(tmp_path):

@@ -9,7 +9,6 @@ from langchain_core.messages.base import BaseMessage
 from langchain_saffron.messages import (
     format_tool_call,
     parse_tool_calls,
-    template_supports_tools,
     to_template_messages,
 )
 from saffron_runtime.errors import PromptError
@@ -40,10 +39,6 @@ def test_native_tool_messages():
     out = to_template_messages(msgs, native_tools=True)
     assert out[1]["tool_calls"][0]["function"] == {"name": "f", "arguments": {"x": 1}}
     assert out[2] == {"role": "tool", "content": "42", "tool_call_id": "c9"}
-
-
-def test_template_tool_detection(tiny, smollm2):
-    assert not template_supports_tools(tiny.tokenizer) and not template_supports_tools(smollm2.tokenizer)
 
 
 def test_empty_and_unrenderable_messages_are_clear_errors():

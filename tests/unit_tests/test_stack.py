@@ -1,6 +1,6 @@
 """The one assembler (saffron_runtime.stack) and the one declaration of search settings: every method
-ChatSaffron advertises runs from ChatSaffron, on the tiny saved models and on SmolLM2 with the
-bundled models; switching method per call loads what it needs; options name their field."""
+ChatSaffron advertises runs from ChatSaffron on the tiny saved models (on SmolLM2 with the bundled models:
+tests/integration_tests/test_stack.py); switching method per call loads what it needs; options name their field."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from saffron_runtime.errors import ConfigError
 from saffron_runtime.search.config import METHODS, SEARCH_FIELDS, SearchConfig
 from saffron_runtime.stack import StackOptions, build_stack
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"max_tokens": 4, "min_new_tokens": 4, "budget": 2, "num_samples": 2, "prm_children": 2}
 
 
@@ -107,25 +107,3 @@ def test_only_the_stack_assembles_generation_models():
         for loader in ("load_mrm(", "load_monitor(", "response_head_prm(", "SearchEngine("):
             assert loader not in src, (path, loader)
         assert "build_stack(" in src, path
-
-
-@pytest.mark.smollm2
-@pytest.mark.parametrize("method", METHODS)
-def test_every_method_runs_from_default_chat_saffron(default_chat, method):
-    msg = default_chat.bind(method=method).invoke("Name a colour.")
-    stats = msg.response_metadata["saffron"]["stats"]
-    assert isinstance(msg.content, str) and msg.content.strip() and stats["method"] == method
-    assert (stats["reward_forwards"] > 0) == (method != "greedy")
-
-
-@pytest.fixture(scope="module")
-def default_chat():
-    return ChatSaffron(max_tokens=8, budget=2, num_samples=2, prm_children=2)
-
-
-@pytest.mark.smollm2
-def test_the_bundled_heads_monitor_and_prm_read_the_policy_model(default_chat):
-    stack = default_chat.stack
-    policy = stack.policy.model
-    assert stack.monitor_model is not None and stack.monitor_model.backbone is policy
-    assert stack.engine_for("prm_beam").prm.model is policy  # type: ignore[union-attr]

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from ..conftest import SAFFRON1_FIXTURE
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +29,10 @@ def test_wheel_contents(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "saffron_runtime/bundled/gcg_refusal_strings.json" in names
     assert "saffron_runtime/py.typed" in names and "langchain_saffron/py.typed" in names
-    assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "examples/"))]
+    assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "examples/", "data/"))]
     # our own MRM uses the same file names, so the fixture is recognised by content, not by name
     fixture = {hashlib.sha256(p.read_bytes()).hexdigest()
-               for p in (ROOT.parent / "shared" / "fixtures" / "saffron-1-1b").iterdir() if p.is_file()}
+               for p in SAFFRON1_FIXTURE.iterdir() if p.is_file()}
     with zipfile.ZipFile(wheel) as z:
         leaked = [n for n in names if "saffron-1" in n.lower()
                   or hashlib.sha256(z.read(n)).hexdigest() in fixture]
