@@ -217,6 +217,47 @@ def data_rewards_cmd(
     console.print(f"wrote token-level rewards to {out}")
 
 
+@data_app.command("children")
+@one_line_errors
+def data_children_cmd(
+    data: Annotated[Path, typer.Option(help="Token-level reward JSONL (from `saffron data rewards`).")],
+    out: Annotated[Path, typer.Option(help="Output JSONL: the records with judged children (resumable).")],
+    judge_monitor: Annotated[
+        Path, typer.Option(help="Monitor folder whose response head judges each prefix + child.")
+    ],
+    policy: Annotated[str, typer.Option(help="Policy whose nucleus gives the children.")] = "smollm2",
+    positions: Annotated[int, typer.Option(min=1, help="Prefixes judged per response.")] = 12,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="The policy's nucleus.")] = 0.8,
+    max_children: Annotated[int, typer.Option(min=1, help="Most children per prefix.")] = 12,
+    judge_ema: Annotated[
+        float, typer.Option(help="The judge's smoothing (use the one the rewards were built with).")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the position draw (per record).")] = 0,
+) -> None:
+    """Judge every nucleus child at sampled prefixes of each response, so the MRM learns to rank the
+    children of a prefix (the search's question), not only one token per prefix.
+
+    Example: saffron data children --data rewards.jsonl --judge-monitor runs/monitor --judge-ema 0.3 --out children.jsonl
+    """
+    from saffron_runtime.models.loading import load_policy
+    from saffron_runtime.monitor.model import load_monitor
+    from saffron_runtime.training.child_rewards import add_child_rewards
+    from saffron_runtime.training.judges import judge_from_monitor
+
+    judge = judge_from_monitor(load_monitor(judge_monitor), ema=judge_ema)
+    add_child_rewards(
+        load_policy(policy, chat=True),
+        judge,
+        data,
+        out,
+        positions=positions,
+        top_p=top_p,
+        max_children=max_children,
+        seed=seed,
+    )
+    console.print(f"wrote records with judged children to {out}")
+
+
 @data_app.command("splits")
 @one_line_errors
 def data_splits_cmd(
