@@ -101,6 +101,12 @@ def eval_mrm_cmd(
     ] = 200,
     top_p: Annotated[float, typer.Option(min=0.01, max=1.0, help="Nucleus of the children.")] = 0.9,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    subset: Annotated[
+        str,
+        typer.Option(
+            help="Which records: 'all', 'plain' or 'prefill' (rolled out under the prefilling attack)."
+        ),
+    ] = "all",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Pooled Spearman of MRM vs judge on held-out prefixes, and within-prefix ranking with a 95% CI.
@@ -108,6 +114,7 @@ def eval_mrm_cmd(
     Example: saffron eval mrm --data rewards_test.jsonl --mrm runs/mrm --judge-monitor runs/monitor
     """
 
+    from saffron_runtime.errors import ConfigError
     from saffron_runtime.evaluation.mrm_eval import evaluate_mrm
     from saffron_runtime.jsonl import read_jsonl
     from saffron_runtime.models.loading import load_policy
@@ -118,6 +125,12 @@ def eval_mrm_cmd(
 
     quiet()
     records = read_jsonl(data, TokenRewardRecord)
+    if subset not in ("all", "plain", "prefill"):
+        raise ConfigError(f"--subset {subset!r}: choose all, plain or prefill")
+    if subset != "all":
+        records = [r for r in records if bool(r.prefill_ids) == (subset == "prefill")]
+        if not records:
+            raise ConfigError(f"--subset {subset}: {data} has no such records")
     pol = load_policy(policy, chat=True)
     model = load_mrm(mrm, policy_tokenizer=pol.tokenizer)
     judge = judge_from_monitor(load_monitor(judge_monitor), ema=judge_ema)
