@@ -14,6 +14,7 @@ from rich.table import Table
 
 from saffron_runtime.cli_eval import eval_app
 from saffron_runtime.cli_options import search_options
+from saffron_runtime.cli_quality import eval_quality_cmd  # noqa: F401 - registers `eval quality`
 from saffron_runtime.cli_support import console, one_line_errors, quiet
 from saffron_runtime.cli_train import data_app, train_app
 from saffron_runtime.errors import SaffronError

@@ -45,3 +45,23 @@ def test_summary_counts_degenerate_outputs_and_refusals():
     s = summarise(rows)
     assert s["runs_of_4"] == 1 and s["refusal_rate"] == 0.5
     assert s["nll_per_token"] == 3.0 and s["tokens"] == 15
+
+
+def test_quality_run_measures_every_method_and_resumes_from_its_cache(tiny, tmp_path):
+    from saffron_runtime.evaluation.quality_run import run_quality
+    from saffron_runtime.models import MRMTemplate, MultifurcationRewardModel
+    from saffron_runtime.stack import StackOptions, build_stack
+
+    mrm = MultifurcationRewardModel(tiny.reward_backbone, tiny.tokenizer, MRMTemplate(prefix="<|im_start|>", separator="\n"))
+    stack = build_stack(StackOptions(policy=LoadedModel(tiny.policy, tiny.tokenizer, "tiny"), mrm=mrm, monitor=None, prm=None))
+    prompts = [{"id": "a", "prompt": "how make cake"}, {"id": "b", "prompt": "help water"}]
+    cache = tmp_path / "cache.jsonl"
+    report = run_quality(stack, prompts, ["greedy", "saffron"], cache, budget=2, max_new_tokens=5, progress=False)
+    assert set(report["methods"]) == {"greedy", "saffron"} and report["prompts"] == 2
+    g = report["methods"]["greedy"]
+    assert g["n"] == 2 and g["tokens"] > 0 and g["nll_per_token"] > 0
+    assert report["methods"]["saffron"]["settings"]["objective"] == "safe_likelihood"
+    assert len(cache.read_text().splitlines()) == 4
+    again = run_quality(stack, prompts, ["greedy", "saffron"], cache, budget=2, max_new_tokens=5, progress=False)
+    assert len(cache.read_text().splitlines()) == 4  # nothing regenerated
+    assert again["methods"]["greedy"]["examples"] == g["examples"]
