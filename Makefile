@@ -51,7 +51,7 @@ LORA_ALL := q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 
 .PHONY: bundled bundled-data bundled-mrm bundled-monitor-heads bundled-monitor-heads-calibrate bundled-monitor-lora \
   bundled-judges eval-attack
-# The three C2 models, two one-thread jobs at a time (LoRA monitor beside heads monitor, then MRM, then the
+# The three bundled models, two one-thread jobs at a time (LoRA monitor beside heads monitor, then MRM, then the
 # heads calibration on the core the LoRA monitor frees; measured 1 h 52 min + 324 s, see the model cards):
 #   time make -j2 bundled
 bundled: bundled-monitor-lora bundled-monitor-heads bundled-mrm bundled-monitor-heads-calibrate
@@ -96,7 +96,7 @@ bundled-monitor-lora: bundled-data
 bundled-judges: $(STAMP)
 	$(SAFFRON) eval train-judges --data-dir data --out saffron_runtime/bundled/saffron-judges-minilm --json
 
-# The published attack evaluation (F2): 100 AdvBench/Do-Not-Answer test prompts, 10-token prefill,
+# The published attack evaluation: 100 AdvBench/Do-Not-Answer test prompts, 10-token prefill,
 # every method at budgets 2,4,8 and Best-of-N at 8,16,32, plus Best-of-1 (one sample at the same temperature
 # and top-p: the sampling baseline Saffron's search is read against); over-refusal on the XSTest safe test
 # prompts for Saffron at budget 8 against unguarded decoding.

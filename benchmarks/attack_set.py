@@ -1,4 +1,4 @@
-"""The fixed prompt subset of the published attack evaluation, from C2's test split only.
+"""The fixed prompt subset of the published attack evaluation, from the test split only.
 
 50 AdvBench + 50 Do-Not-Answer test prompts (the first by sha256 of their id, so the choice is fixed
 and blind to content) and the XSTest safe test prompts (over-refusal). Writes the JSONL files the

@@ -1,4 +1,4 @@
-"""Streaming monitor overhead (B1): per-token cost at position 16 vs 512, and SmolLM2 generation
+"""Streaming monitor overhead: per-token cost at position 16 vs 512, and SmolLM2 generation
 with and without the monitor watching, in one run. The monitor is the size of SmolLM2 (SmolLM2's own
 backbone with random heads: the cost does not depend on the heads' training).
 

@@ -1,4 +1,4 @@
-"""Trie KV cache vs recompute vs private per-beam caches on SmolLM2-135M-Instruct (A2).
+"""Trie KV cache vs recompute vs private per-beam caches on SmolLM2-135M-Instruct.
 
 Workload: a beam-style search (frontier 8, 48 new tokens, prompts of about 40 tokens, 5 prompts),
 plus a 5-turn chat whose every turn resends the history. The beam choices come from the trie run

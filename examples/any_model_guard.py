@@ -1,4 +1,4 @@
-"""Guard a chat model that is not ours with the Saffron callback (B2): stop it mid-stream.
+"""Guard a chat model that is not ours with the Saffron callback: stop it mid-stream.
 
 ``PlainHFChat`` below is the kind of small chat model people write over Hugging Face ``generate``
 (it knows nothing about Saffron). Adding ``SaffronGuardCallbackHandler`` to ``callbacks`` streams its

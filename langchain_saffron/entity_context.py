@@ -1,5 +1,5 @@
 """Per-call target entities for search agents: copy them from ``runtime.context`` into the model's
-settings, so they reach ``_generate``/``_stream`` as keyword arguments (E-GRPO rollouts, E2)."""
+settings, so they reach ``_generate``/``_stream`` as keyword arguments (E-GRPO rollouts)."""
 
 from __future__ import annotations
 

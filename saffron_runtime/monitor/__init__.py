@@ -1,4 +1,4 @@
-"""Streaming partial-detection monitor (SCM): incremental scoring, decision rules, hold-back (B1)."""
+"""Streaming partial-detection monitor (SCM): incremental scoring, decision rules, hold-back."""
 
 from saffron_runtime.monitor.adapters import (
     CallableMonitor,

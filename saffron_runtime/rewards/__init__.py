@@ -1,4 +1,4 @@
-"""Entity-aware rewards for search agents (E-GRPO): thoughts, matching, rewards, advantages (E1)."""
+"""Entity-aware rewards for search agents (E-GRPO): thoughts, matching, rewards, advantages."""
 
 from saffron_runtime.rewards.egrpo import egrpo_rewards, grpo_advantages, normalised_rates
 from saffron_runtime.rewards.entities import MatchOptions, match_rate, matched_entities

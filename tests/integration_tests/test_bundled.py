@@ -1,4 +1,4 @@
-"""The bundled SmolLM2 monitor (C2, heads-only variant): loads offline from the package, is what
+"""The bundled SmolLM2 monitor (heads-only variant): loads offline from the package, is what
 ChatSaffron(monitor="bundled") and the demo use, and separates harmful from benign test responses."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""D2 runnable examples: each runs offline on SmolLM2 in test mode and does what its docstring claims."""
+"""Runnable examples: each runs offline on SmolLM2 in test mode and does what its docstring claims."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """LangChain's standard integration suite's tool-calling and structured-output tests for ChatSaffron on the
-real SmolLM2-135M-Instruct (D1); the suites' other tests run on a tiny model in tests/unit_tests/test_standard.py."""
+real SmolLM2-135M-Instruct; the suites' other tests run on a tiny model in tests/unit_tests/test_standard.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""B2 guard callback: no chunk after the firing token reaches the consumer, in every streaming mode,
+"""Guard callback: no chunk after the firing token reaches the consumer, in every streaming mode,
 sync and async; the producer stops; wrong attachment leaks (so the docs' warning stays true)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""D1 ChatSaffron on tiny random models: invoke/stream/astream, metadata, per-call settings, the
+"""ChatSaffron on tiny random models: invoke/stream/astream, metadata, per-call settings, the
 monitor gate in every streaming mode, on_violation, stop within one step, tools, errors."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""D2 SaffronGuardrailMiddleware on create_agent agents: streamed model output never carries flagged
+"""SaffronGuardrailMiddleware on create_agent agents: streamed model output never carries flagged
 text (guard first, inherited handlers kept), on_violation, tool results screened, sync and async."""
 
 from __future__ import annotations

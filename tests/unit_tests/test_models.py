@@ -1,4 +1,4 @@
-"""A1 model loading: policies, MRM adapters (ours and the released Saffron-1), and every error case."""
+"""Model loading: policies, MRM adapters (ours and the released Saffron-1), and every error case."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""B1 streaming monitor: chunking invariance (hypothesis), rules, hold-back, faults, threads, IO, eval."""
+"""Streaming monitor: chunking invariance (hypothesis), rules, hold-back, faults, threads, IO, eval."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""E1 entity-aware rewards: thoughts, matching options, the paper's example, advantages, TRL calling."""
+"""Entity-aware rewards: thoughts, matching options, the paper's example, advantages, TRL calling."""
 
 from __future__ import annotations
 

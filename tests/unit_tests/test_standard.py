@@ -1,4 +1,4 @@
-"""LangChain's standard suites for ChatSaffron on a tiny random model (D1); the tool-calling and
+"""LangChain's standard suites for ChatSaffron on a tiny random model; the tool-calling and
 structured-output tests run on SmolLM2 in tests/integration_tests/test_standard.py."""
 
 from __future__ import annotations
