@@ -205,6 +205,7 @@ def _ints(spec: str, option: str) -> list[int]:
         raise ConfigError(f"{option} {spec!r}: give comma-separated integers, e.g. 2,4,8") from None
 
 
+# Most of this command is its typer option declarations (one per grid setting); the body is short.
 @eval_app.command("attack")
 @one_line_errors
 def eval_attack_cmd(

@@ -145,6 +145,7 @@ def train_monitor_cmd(
 data_app = typer.Typer(help="Build training data.", no_args_is_help=True)
 
 
+# Most of this command is its typer option declarations; the body is short.
 @data_app.command("rewards")
 @one_line_errors
 def data_rewards_cmd(

@@ -87,6 +87,8 @@ def read_adapter_folder(
     return p, config, meta
 
 
+# Longer than our ~60-line rule on purpose: one check per failure mode of a downloaded adapter, in the
+# order the files are read, each with its own clear error; split up, the order would be hard to follow.
 def load_mrm(
     adapter: str | os.PathLike[str],
     *,

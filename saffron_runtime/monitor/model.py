@@ -166,6 +166,8 @@ def save_monitor(
     return out
 
 
+# Longer than our ~60-line rule on purpose: the config, backbone, heads and rule are read and checked in
+# file order, each failure with its own error; split up, the order would be hard to follow.
 def load_monitor(
     folder: str | os.PathLike[str],
     *,

@@ -60,6 +60,25 @@ def nucleus_children(
     return kids
 
 
+def _smoothed(judge: CausalHeadJudge, hidden: torch.Tensor) -> list[float]:
+    """The judge's margins along a response, smoothed as ``score_prefixes`` smooths them."""
+    logits = judge.head(hidden.to(judge.head.weight.dtype)).float()
+    out, m = [], None
+    for x in (logits[:, 0] - logits[:, 1]).tolist():
+        m = x if m is None else judge.ema * x + (1.0 - judge.ema) * m
+        out.append(m)
+    return out
+
+
+def _repeated(kv: DynamicCache, n: int) -> DynamicCache:
+    """A cache holding ``n`` copies of a one-row cache (every child row reads the same keys)."""
+    cache = DynamicCache()
+    for i, layer in enumerate(kv.layers):
+        keys, values = layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1)
+        cache.update(keys.contiguous(), values.contiguous(), i)
+    return cache
+
+
 @torch.no_grad()
 def score_children_at(
     judge: CausalHeadJudge,
@@ -83,44 +102,27 @@ def score_children_at(
         use_cache=True,
         output_hidden_states=True,
     )
-    kv = returned_kv(full) or cache
-    hp = full.hidden_states[-1][0, len(prefix) :].to(judge.head.weight.dtype)
-    lp = judge.head(hp).float()
-    smoothed, m = [], None
-    for x in (lp[:, 0] - lp[:, 1]).tolist():
-        m = x if m is None else judge.ema * x + (1.0 - judge.ema) * m
-        smoothed.append(m)
+    smoothed = _smoothed(judge, full.hidden_states[-1][0, len(prefix) :])
     rows_t = [t for t, kids in zip(positions, children, strict=True) for _ in kids]
     rows_c = [c for kids in children for c in kids]
-    n, width = len(rows_c), len(seq)
-    step_cache = DynamicCache()
-    for i, layer in enumerate(kv.layers):
-        step_cache.update(
-            layer.keys.expand(n, -1, -1, -1).contiguous(),
-            layer.values.expand(n, -1, -1, -1).contiguous(),
-            i,
-        )
-    att = torch.zeros((n, width + 1), dtype=torch.long, device=dev)
+    att = torch.zeros((len(rows_c), len(seq) + 1), dtype=torch.long, device=dev)
     for r, t in enumerate(rows_t):
-        att[r, : len(prefix) + t] = 1
-    att[:, width] = 1
-    pos = torch.tensor([[len(prefix) + t] for t in rows_t], device=dev)
+        att[r, : len(prefix) + t] = 1  # the child's own prefix, nothing after it
+    att[:, len(seq)] = 1
     step = model(
         input_ids=torch.tensor(rows_c, device=dev)[:, None],
         attention_mask=att,
-        position_ids=pos,
-        **kv_kwargs(model, step_cache),
+        position_ids=torch.tensor([[len(prefix) + t] for t in rows_t], device=dev),
+        **kv_kwargs(model, _repeated(returned_kv(full) or cache, len(rows_c))),
         use_cache=True,
         output_hidden_states=True,
     )
-    h = step.hidden_states[-1][:, -1].to(judge.head.weight.dtype)
-    logits = judge.head(h).float()
+    logits = judge.head(step.hidden_states[-1][:, -1].to(judge.head.weight.dtype)).float()
     raw = (logits[:, 0] - logits[:, 1]).tolist()
     out, r = [], 0
     for t, kids in zip(positions, children, strict=True):
+        vals, r = raw[r : r + len(kids)], r + len(kids)
         prev = smoothed[t - 1] if t > 0 else None
-        vals = raw[r : r + len(kids)]
-        r += len(kids)
         out.append(vals if prev is None else [judge.ema * x + (1.0 - judge.ema) * prev for x in vals])
     return out
 
