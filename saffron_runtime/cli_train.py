@@ -182,6 +182,14 @@ def data_rewards_cmd(
         float,
         typer.Option(help="Smooth the judge's margins along the response (1 = raw per position)."),
     ] = 1.0,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Only the first N items (after --sample and the prefill copies; file order): a fixed, "
+            "cheaper subset of the same run.",
+        ),
+    ] = None,
 ) -> None:
     """Roll out a policy and score every response prefix with a judge (token-level reward data).
 
@@ -205,6 +213,7 @@ def data_rewards_cmd(
         items = [it for i, it in enumerate(items) if i in keep]
     if prefill_harmful:
         items = with_prefill_attack(items, prefill_harmful, keep_plain=keep_plain)
+    items = items[:limit] if limit else items
     judge = judge_from_monitor(load_monitor(judge_monitor), ema=judge_ema)
     build_reward_data(
         load_policy(policy, chat=True),
