@@ -8,8 +8,6 @@ check fails) and routes new requests to live replicas; a client mid-stream sees 
 an error, never with a final chunk (see docs/serving.md).
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from fastapi import FastAPI, Request
