@@ -29,6 +29,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 from langchain_saffron._outcome import final_message, guard_stop_events, last_chunk
 from langchain_saffron._prompting import output_constraint, render_prompt
 from langchain_saffron._structured import json_schema_output
+from langchain_saffron.remote import FORWARDED, RemoteSaffron
 from saffron_runtime.config import describe_validation_error
 from saffron_runtime.errors import DEFAULT_REFUSAL, ConfigError, OnViolation
 from saffron_runtime.guarded import GuardedGeneration, GuardedOutcome, LinkedStopEvent
@@ -97,8 +98,12 @@ class ChatSaffron(BaseChatModel, SearchFields):
     """The name reported to LangChain (``ls_model_name``, ``response_metadata``)."""
     stop: list[str] | None = Field(None, alias="stop_sequences")
     """Strings that end the answer as EOS does."""
+    base_url: str | None = None
+    """A ``saffron serve`` endpoint (``http://host:8000/v1``): calls go there and no model loads
+    here; the service's models and monitor apply (see langchain_saffron/remote.py)."""
 
     _stack: Stack = PrivateAttr()
+    _remote: RemoteSaffron | None = PrivateAttr(None)
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -106,6 +111,9 @@ class ChatSaffron(BaseChatModel, SearchFields):
         except ValidationError as e:
             raise ConfigError(describe_validation_error("ChatSaffron", e)) from None
         self._settings({})  # the search settings as the engine will read them
+        if self.base_url:
+            self._remote = RemoteSaffron(self.base_url, self.model_name)
+            return
         options = StackOptions(
             policy=self.policy,
             tokenizer=self.tokenizer,
@@ -129,9 +137,9 @@ class ChatSaffron(BaseChatModel, SearchFields):
 
     @property
     def streaming_monitor(self) -> StreamingMonitor | None:
-        """The streaming monitor every answer is checked with (None when switched off): a guard
-        around this model can skip judging the same text again."""
-        return self._stack.streaming_monitor
+        """The streaming monitor every answer is checked with (None when switched off, or remote):
+        a guard around this model can skip judging the same text again."""
+        return None if self._remote else self._stack.streaming_monitor
 
     @property
     def _llm_type(self) -> str:
@@ -142,7 +150,7 @@ class ChatSaffron(BaseChatModel, SearchFields):
         monitor = self.streaming_monitor
         return {
             "model_name": self.model_name,
-            "policy": self._stack.policy.source,
+            "policy": self.base_url or self._stack.policy.source,
             **{f: getattr(self, f) for f in SEARCH_FIELDS},
             "on_violation": self.on_violation,
             "monitor": type(monitor).__name__ if monitor else None,
@@ -169,6 +177,12 @@ class ChatSaffron(BaseChatModel, SearchFields):
         if "max_tokens" in kwargs:
             values["max_new_tokens"] = kwargs["max_tokens"]
         return SearchConfig(**values, stop=list(stop or self.stop or []))
+
+    def _remote_settings(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """What a remote call sends: settings given to this instance, then the call's."""
+        given = {f: getattr(self, f) for f in (*SEARCH_FIELDS, "on_violation")
+                 if f in self.model_fields_set}
+        return {**given, **{k: v for k, v in kwargs.items() if k in SEARCH_FIELDS or k in FORWARDED}}
 
     def _start(
         self,
@@ -214,6 +228,10 @@ class ChatSaffron(BaseChatModel, SearchFields):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if self._remote is not None:
+            self._settings(kwargs, stop)  # the same checks as a local call
+            msg = self._remote.invoke(messages, stop or self.stop, self._remote_settings(kwargs))
+            return ChatResult(generations=[ChatGeneration(message=msg)])
         stop_event = LinkedStopEvent(*guard_stop_events(run_manager))
         gen, n_prompt, on_violation = self._start(messages, stop, kwargs, stop_event)
         for delta in gen:
@@ -232,6 +250,11 @@ class ChatSaffron(BaseChatModel, SearchFields):
         stop_event: threading.Event,
     ) -> Iterator[ChatGenerationChunk]:
         """Released text as chunks, then a last chunk with tool calls, usage and metadata."""
+        if self._remote is not None:
+            self._settings(kwargs, stop)
+            yield from self._remote.chunks(
+                messages, stop or self.stop, self._remote_settings(kwargs), stop_event)
+            return
         gen, n_prompt, on_violation = self._start(messages, stop, kwargs, stop_event)
         tools = kwargs.get("tools")
         try:

@@ -15,6 +15,7 @@ from rich.table import Table
 from saffron_runtime.cli_eval import eval_app
 from saffron_runtime.cli_options import search_options
 from saffron_runtime.cli_quality import eval_quality_cmd  # noqa: F401 - registers `eval quality`
+from saffron_runtime.cli_serve import serve
 from saffron_runtime.cli_support import console, one_line_errors, quiet
 from saffron_runtime.cli_train import data_app, train_app
 from saffron_runtime.errors import SaffronError
@@ -34,6 +35,7 @@ app = typer.Typer(
 app.add_typer(eval_app, name="eval")
 app.add_typer(train_app, name="train")
 app.add_typer(data_app, name="data")
+app.command()(serve)
 
 
 def _version() -> str:

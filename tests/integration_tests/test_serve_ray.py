@@ -1,0 +1,134 @@
+"""The service on an embedded Ray Serve (one replica, the tiny saved models, 127.0.0.1): the openai
+client, ChatOpenAI and ChatSaffron(base_url=...) stream through it, and a replica killed mid-stream
+gives the client a clear error while the next request succeeds. Every wait is bounded."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+
+import pytest
+
+pytest.importorskip("ray.serve")
+openai = pytest.importorskip("openai")
+pytest.importorskip("langchain_openai")
+
+pytestmark = pytest.mark.serve
+START_LIMIT_S = 300  # Ray start plus one replica loading, on two busy cores
+MESSAGES = [{"role": "user", "content": "how bake bread?"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alarm(_signum, _frame):
+    raise TimeoutError(f"the service did not start within {START_LIMIT_S} s")
+
+
+@pytest.fixture(scope="module")
+def base_url(saved):
+    from saffron_runtime.serve.deployment import ClusterOptions, shutdown, start
+    from saffron_runtime.serve.service import ServiceOptions
+
+    port = _free_port()
+    service = ServiceOptions(policy=str(saved / "policy"), mrm=str(saved / "mrm"),
+                             monitor=str(saved / "monitor"), prm=None,
+                             search={"max_new_tokens": 6, "budget": 2})
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(START_LIMIT_S)
+    try:
+        start(service, ClusterOptions(port=port, ray_cpus=2, num_cpus=0.5))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    yield f"http://127.0.0.1:{port}/v1"
+    shutdown()
+
+
+def _kill_replica() -> None:
+    import ray
+
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True)
+             if "SaffronServer" in a["name"] and a["name"].startswith("SERVE_REPLICA")]
+    assert names, "no SaffronServer replica is running"
+    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=False)
+
+
+def _until_ok(call, limit_s: float = 120.0):
+    """Retry while Serve restarts the replica (bounded)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            return call()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def test_the_openai_client_streams_and_gets_the_saffron_field(base_url):
+    client = openai.OpenAI(base_url=base_url, api_key="none", timeout=60, max_retries=0)
+    chunks = list(client.chat.completions.create(model="saffron", messages=MESSAGES, stream=True,
+                                                 extra_body={"budget": 2}))
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert chunks[-1].model_extra["saffron"]["blocked"] is False
+    whole = client.chat.completions.create(model="saffron", messages=MESSAGES)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert whole.choices[0].message.content == streamed
+    assert [m.id for m in client.models.list()] == ["saffron"]
+
+
+def test_chat_openai_streams_through_the_service(base_url):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=base_url, api_key="none", model="saffron", timeout=60,
+                     max_retries=0, extra_body={"budget": 2})
+    text = "".join(str(c.content) for c in llm.stream("how bake bread?"))
+    assert text == llm.invoke("how bake bread?").content
+
+
+async def test_chat_saffron_remote_has_the_local_interface(base_url, saved):
+    from langchain_saffron import ChatSaffron
+
+    remote = ChatSaffron(base_url=base_url, budget=2, max_new_tokens=6)
+    local = ChatSaffron(policy=saved / "policy", mrm=saved / "mrm", monitor=saved / "monitor",
+                        prm=None, budget=2, max_new_tokens=6)
+    msg = remote.invoke("how bake bread?")
+    assert msg.content == local.invoke("how bake bread?").content
+    assert set(msg.response_metadata) == {"saffron", "model_name"}
+    assert set(msg.response_metadata["saffron"]) == set(
+        local.invoke("how bake bread?").response_metadata["saffron"])
+    streamed = list(remote.stream("how bake bread?"))
+    assert "".join(str(c.content) for c in streamed) == msg.content
+    assert streamed[-1].response_metadata["saffron"]["blocked"] is False
+    assert streamed[-1].usage_metadata["input_tokens"] > 0
+    chunks = [c async for c in remote.astream("how bake bread?")]
+    assert "".join(str(c.content) for c in chunks) == msg.content
+    assert [m.content for m in remote.batch(["how bake bread?", "name a river"])][0] == msg.content
+
+
+def test_a_malformed_request_gets_400_over_http(base_url):
+    client = openai.OpenAI(base_url=base_url, api_key="none", timeout=60, max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="budget"):
+        client.chat.completions.create(model="saffron", messages=MESSAGES, extra_body={"budget": 0})
+
+
+def test_a_replica_killed_mid_stream_gives_a_clear_error_then_recovers(base_url):
+    from langchain_saffron import ChatSaffron
+    from langchain_saffron.remote import RemoteStreamError
+
+    remote = ChatSaffron(base_url=base_url, budget=8, max_new_tokens=400, min_new_tokens=400,
+                         max_commit_lag=1)  # no early EOS: the kill lands mid-stream
+    received = []
+    with pytest.raises(RemoteStreamError, match="incomplete"):
+        for i, chunk in enumerate(remote.stream("how bake bread?")):
+            received.append(chunk)
+            if i == 0:
+                _kill_replica()
+    assert all(c.response_metadata.get("saffron") is None for c in received)  # no final chunk
+    small = ChatSaffron(base_url=base_url, budget=2, max_new_tokens=6)
+    assert _until_ok(lambda: small.invoke("name a river")).response_metadata["saffron"]
