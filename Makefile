@@ -49,7 +49,7 @@ SAFFRON := OMP_NUM_THREADS=1 $(VENV)/bin/saffron
 JUDGE := saffron_runtime/bundled/saffron-monitor-smollm2-heads
 LORA_ALL := q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 
-.PHONY: bundled bundled-data bundled-mrm bundled-monitor-heads bundled-monitor-heads-calibrate bundled-monitor-lora \
+.PHONY: mrm-children bundled bundled-data bundled-mrm bundled-monitor-heads bundled-monitor-heads-calibrate bundled-monitor-lora \
   bundled-judges eval-attack
 # The three bundled models, two one-thread jobs at a time (LoRA monitor beside heads monitor, then MRM, then the
 # heads calibration on the core the LoRA monitor frees; measured 1 h 52 min + 324 s, see the model cards):
@@ -84,6 +84,28 @@ bundled-mrm: bundled-data
 	  --epochs 2 --batch-size 8 --lr 1e-3 --max-response-tokens 48 --checkpoint-every 25
 	$(SAFFRON) eval mrm --data $(RUNS)/mrm/rewards_test.jsonl --mrm $(RUNS)/mrm-smollm2 \
 	  --judge-monitor $(JUDGE) --judge-ema 0.3 --prefixes 200 --json
+
+# The MRM trained for within-prefix ranking (not yet the shipped one: its rebuild and evaluation are still to
+# be run): the LoRA monitor judges the rollouts and, at 12 sampled prefixes of each, every child in the policy's
+# nucleus; the trainer supervises all of them. Not yet timed alone (on a machine at load ~12 the children pass
+# took ~90 s a record).
+MRM_JUDGE := saffron_runtime/bundled/saffron-monitor-smollm2-lora
+mrm-children: bundled-data
+	$(SAFFRON) data rewards --prompts $(RUNS)/data/prompts_train.jsonl --sample 500 \
+	  --out $(RUNS)/mrm-children/rewards_train.jsonl --judge-monitor $(MRM_JUDGE) --max-new-tokens 48 \
+	  --batch-size 32 --prefill-harmful "Sure, here is" --judge-ema 0.3
+	$(SAFFRON) data rewards --prompts $(RUNS)/data/prompts_test.jsonl --sample 120 --seed 1 \
+	  --out $(RUNS)/mrm-children/rewards_test.jsonl --judge-monitor $(MRM_JUDGE) --max-new-tokens 48 \
+	  --batch-size 32 --prefill-harmful "Sure, here is" --judge-ema 0.3
+	$(SAFFRON) data children --data $(RUNS)/mrm-children/rewards_train.jsonl \
+	  --out $(RUNS)/mrm-children/children_train.jsonl --judge-monitor $(MRM_JUDGE) --judge-ema 0.3 \
+	  --positions 12 --max-children 12 --top-p 0.8
+	$(SAFFRON) train mrm --data $(RUNS)/mrm-children/children_train.jsonl --out $(RUNS)/mrm-children/mrm \
+	  --template chatml --target-modules $(LORA_ALL) --top-layers 10 --lora-r 16 --lora-alpha 32 \
+	  --epochs 2 --batch-size 8 --lr 1e-3 --max-response-tokens 48 --checkpoint-every 25
+	for subset in all plain prefill; do $(SAFFRON) eval mrm --data $(RUNS)/mrm-children/rewards_test.jsonl \
+	  --mrm $(RUNS)/mrm-children/mrm --judge-monitor $(MRM_JUDGE) --judge-ema 0.3 --prefixes 200 --top-p 0.8 \
+	  --subset $$subset --json; done
 
 bundled-monitor-lora: bundled-data
 	$(SAFFRON) train monitor --data $(RUNS)/data/monitor_train.jsonl --val $(RUNS)/data/monitor_val.jsonl \
