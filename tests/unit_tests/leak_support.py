@@ -69,11 +69,17 @@ def words(text: str) -> list[int]:
 
 
 def mid_text_monitor(tiny, text: str = ANSWER, prompt: str = "q"):
-    """A real SCM monitor whose delay-k rule fires about half-way through ``text``; returns the
-    monitor and its verdict on the whole text fed at once (the reference every chunking must meet)."""
+    """A real SCM monitor on the tiny backbone whose rule fires about half-way through ``text``."""
     torch.manual_seed(0)
     model = SCMMonitorModel(tiny.reward_backbone, tiny.tokenizer, rule=MonitorRule(theta=1.0, k=1))
-    ref = SCMMonitor(model).open(prompt)
+    return firing_mid_text(model, text, prompt)
+
+
+def firing_mid_text(model: SCMMonitorModel, text: str, prompt: str):
+    """``model`` with a delay-k rule that fires about half-way through ``text`` (theta the median
+    token score, k half the tokens at or above it); returns the monitor and its verdict on the whole
+    text fed at once (the reference every chunking must meet)."""
+    ref = SCMMonitor(model, rule=MonitorRule(theta=1.0, k=1)).open(prompt)
     ref.feed_text(text)
     ref.finish()
     scores = ref.token_scores
