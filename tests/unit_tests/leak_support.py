@@ -83,7 +83,11 @@ def firing_mid_text(model: SCMMonitorModel, text: str, prompt: str):
     ref.feed_text(text)
     ref.finish()
     scores = ref.token_scores
-    theta = sorted(scores)[len(scores) // 2]
+    ranked = sorted(scores)
+    mid = len(ranked) // 2
+    # theta half-way between two scores, so float noise of a differently batched forward (chunked
+    # feeding) cannot move a token across it; k half of the tokens at or above it
+    theta = (ranked[mid - 1] + ranked[mid]) / 2
     hits = [i for i, s in enumerate(scores) if s >= theta]
     k = max(1, len(hits) // 2)
     monitor = SCMMonitor(model, rule=MonitorRule(name="delay-k", theta=theta, k=k), hold_back=0)

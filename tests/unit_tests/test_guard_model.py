@@ -179,3 +179,16 @@ def test_bad_arguments_are_clear_errors():
         guard(model(), 42)
     with pytest.raises(ConfigError, match="not a LangChain chat model"):
         guard("gpt-4o", bomb_monitor())
+
+
+def test_the_bare_callback_cannot_hold_back_so_the_firing_token_leaks(scm):
+    """Why guard() exists: the callback sees a token only after the monitor has scored it, which is
+    two pre-tokenizer pieces after it was streamed (the README table's callback row)."""
+    from langchain_saffron import SaffronGuardCallbackHandler
+
+    monitor, verdict = scm
+    streamed = ""
+    with pytest.raises(GuardrailViolation):
+        for c in model().stream("q", config={"callbacks": [SaffronGuardCallbackHandler(monitor)]}):
+            streamed += c.content
+    assert ANSWER.startswith(streamed) and len(streamed) > verdict.span[0]
