@@ -1,16 +1,17 @@
 """Agent guardrail middleware for ``create_agent`` agents (langchain 1.x), sync and async.
 
-- ``wrap_model_call``: asks the model to stream (``model_settings={"stream": True}``), puts the guard
-  callback *first* in the current callback manager without dropping inherited handlers (replacing
-  them with ``with_config`` would silently turn LangGraph's message streaming off), then re-checks the
-  final message. A model without ``_stream`` gets only the final check.
-- One monitor per stack: when the model guards itself (a ChatSaffron with a monitor, seen through its
-  ``streaming_monitor``), the middleware adds no callback guard and does not re-judge the text; it
+- ``wrap_model_call`` holds text back: the model runs wrapped in :func:`~langchain_saffron.guard_model.guard`
+  (``request.override(model=guard(model, monitor))``), so LangGraph's message stream, ``astream_events``
+  and the final message see only text the monitor has cleared, whatever the stream mode. The guard
+  raises inside the turn and the middleware ends the turn as ``on_violation`` says.
+- One monitor per stack: when the model guards itself (a ChatSaffron with a monitor, or a
+  ``guard()``-ed model, seen through its ``streaming_monitor``), the middleware does not wrap it and
   reads the model's own verdicts from ``response_metadata["saffron"]``, so each text is judged once.
-  ``trust_model_monitor=False`` judges again anyway (for a middleware monitor that differs).
+  ``trust_model_monitor=False`` wraps and judges again anyway (for a middleware monitor that differs).
 - ``before_model``: judges the latest user input with the monitor's prompt head, when it has one.
-- ``wrap_tool_call``: screens tool results (search snippets, retrieved documents) before they enter
-  the context; a harmful result is replaced by a notice and the agent keeps running.
+- ``wrap_tool_call``: judges each tool *call* (name and arguments) before the tool runs: a flagged call
+  is not executed, the tool gets a notice instead (or the run stops under ``"raise"``); then screens
+  tool results (search snippets, retrieved documents) before they enter the context.
 
 A violation ends the model turn as ``on_violation`` says: ``"raise"``, ``"refuse"`` (a refusal with no
 tool calls) or ``"truncate"`` (the text cleared before the firing token). That holds for the model's
@@ -19,12 +20,10 @@ own blocks too: the middleware's ``on_violation`` decides the turn, whatever the
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse, hook_config
-from langchain_core.callbacks import BaseCallbackManager
 from langchain_core.messages import AIMessage, ToolMessage
 
 from langchain_saffron._guard import (
@@ -37,10 +36,8 @@ from langchain_saffron._guard import (
     model_verdicts,
     saffron_metadata,
 )
-from langchain_saffron.callbacks import (
-    AsyncSaffronGuardCallbackHandler,
-    SaffronGuardCallbackHandler,
-)
+from langchain_saffron._holdback import tool_call_text
+from langchain_saffron.guard_model import guard
 from saffron_runtime.errors import (
     DEFAULT_REFUSAL,
     GuardrailViolation,
@@ -51,28 +48,7 @@ from saffron_runtime.errors import (
 from saffron_runtime.monitor.adapters import StreamingMonitor, prompt_checker
 
 TOOL_NOTICE = "[tool result withheld by the guardrail: {reason}]"
-
-
-@contextlib.contextmanager
-def guard_first(handler: Any) -> Iterator[None]:
-    """Insert ``handler`` at the front of the current run's callback manager for the duration."""
-    try:
-        from langgraph.config import get_config
-
-        manager = get_config().get("callbacks")
-    except RuntimeError:  # not inside a graph run
-        manager = None
-    if not isinstance(manager, BaseCallbackManager):
-        yield
-        return
-    manager.handlers.insert(0, handler)
-    manager.inheritable_handlers.insert(0, handler)
-    try:
-        yield
-    finally:
-        for lst in (manager.handlers, manager.inheritable_handlers):
-            if handler in lst:
-                lst.remove(handler)
+CALL_NOTICE = "[tool call blocked by the guardrail, the tool did not run: {reason}]"
 
 
 class SaffronGuardrailMiddleware(AgentMiddleware):
@@ -87,6 +63,9 @@ class SaffronGuardrailMiddleware(AgentMiddleware):
         prompt_theta: the prompt head's threshold; None keeps the one saved with the monitor.
         trust_model_monitor: when the model guards itself (its ``streaming_monitor`` is set), take
             its verdicts instead of judging its output again; False judges it here as well.
+        judge_tool_calls: judge each tool call's name and arguments before the tool runs.
+        max_held_chars: the most characters hold-back may hold uncleared (see ``guard()``); None:
+            no bound.
     """
 
     def __init__(
@@ -99,6 +78,8 @@ class SaffronGuardrailMiddleware(AgentMiddleware):
         check_prompts: bool = True,
         prompt_theta: float | None = None,
         trust_model_monitor: bool = True,
+        judge_tool_calls: bool = True,
+        max_held_chars: int | None = None,
     ) -> None:
         super().__init__()
         self.monitor = monitor
@@ -108,22 +89,30 @@ class SaffronGuardrailMiddleware(AgentMiddleware):
         self.check_prompts = check_prompts
         self.prompt_theta = prompt_theta
         self.trust_model_monitor = trust_model_monitor
-        self.guard = SaffronGuardCallbackHandler(monitor)
-        self.aguard = AsyncSaffronGuardCallbackHandler(monitor)
+        self.judge_tool_calls = judge_tool_calls
+        self.max_held_chars = max_held_chars
         self.verdicts: list[Verdict] = []
 
     # ------------------------------------------------------------------ helpers
-    def _streaming(self, request: ModelRequest) -> ModelRequest:
-        return request.override(model_settings={**request.model_settings, "stream": True})
+    def _prepare(self, request: ModelRequest) -> tuple[ModelRequest, bool]:
+        """The request to run (the model wrapped in ``guard()`` unless it guards itself, asked to
+        stream) and whether the final message is judged by its own verdicts."""
+        if not self._model_judges(request):
+            held = guard(
+                request.model,
+                self.monitor,
+                max_held_chars=self.max_held_chars,
+                judge_tool_calls=False,  # judged in wrap_tool_call, where a notice can replace it
+            )
+            request = request.override(model=held)
+        request = request.override(model_settings={**request.model_settings, "stream": True})
+        return request, self.trust_model_monitor
 
     def _model_judges(self, request: ModelRequest) -> bool:
-        """True when the model runs its own monitor (ChatSaffron), so its verdicts are used."""
+        """True when the model runs its own monitor (ChatSaffron, guard()), so its verdicts are used."""
         if not self.trust_model_monitor:
             return False
         return getattr(request.model, "streaming_monitor", None) is not None
-
-    def _guarding(self, handler: Any, model_judges: bool) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext() if model_judges else guard_first(handler)
 
     def _blocked(self, verdicts: list[Verdict], cleared: str) -> ModelResponse:
         self.verdicts.extend(verdicts)
@@ -164,11 +153,10 @@ class SaffronGuardrailMiddleware(AgentMiddleware):
     def wrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
     ) -> ModelResponse:
-        """Stream the model through the guard (first in line), then re-check the final message."""
-        model_judges = self._model_judges(request)
+        """Run the model under hold-back (only cleared text is streamed), then settle the turn."""
+        request, model_judges = self._prepare(request)
         try:
-            with self._guarding(self.guard, model_judges):
-                response = handler(self._streaming(request))
+            response = handler(request)
         except GuardrailViolation as e:
             return self._blocked([e.verdict], cleared_text(e))
         return self._after(request, response, model_judges)
@@ -177,10 +165,9 @@ class SaffronGuardrailMiddleware(AgentMiddleware):
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> ModelResponse:
         """Async twin of :meth:`wrap_model_call`."""
-        model_judges = self._model_judges(request)
+        request, model_judges = self._prepare(request)
         try:
-            with self._guarding(self.aguard, model_judges):
-                response = await handler(self._streaming(request))
+            response = await handler(request)
         except GuardrailViolation as e:
             return self._blocked([e.verdict], cleared_text(e))
         return self._after(request, response, model_judges)
@@ -222,10 +209,37 @@ class SaffronGuardrailMiddleware(AgentMiddleware):
             response_metadata=saffron_metadata([verdict]),
         )
 
+    def _judge_call(self, request: Any) -> ToolMessage | None:
+        """A notice in place of a flagged tool call (None when the call may run); raises under
+        ``"raise"``. The call is judged as ``name(arguments)`` against the latest user input."""
+        if not self.judge_tool_calls:
+            return None
+        call = request.tool_call
+        state = getattr(request, "state", None)
+        messages = state.get("messages", []) if isinstance(state, Mapping) else []
+        verdict = judge_text(self.monitor, last_user_text(messages), tool_call_text(call))
+        if verdict is None:
+            return None
+        self.verdicts.append(verdict)
+        enforce(verdict, self.on_violation)
+        return ToolMessage(
+            content=CALL_NOTICE.format(reason=verdict.reason or verdict.rule),
+            tool_call_id=call.get("id") or "",
+            name=call.get("name"),
+            status="error",
+            response_metadata=saffron_metadata([verdict], on_violation=self.on_violation),
+        )
+
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
-        """Run the tool, then replace a harmful result by a notice."""
+        """Judge the call (a flagged one does not run), run the tool, screen its result."""
+        notice = self._judge_call(request)
+        if notice is not None:
+            return notice
         return self._screen(request, handler(request))
 
     async def awrap_tool_call(self, request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
         """Async twin of :meth:`wrap_tool_call`."""
+        notice = self._judge_call(request)
+        if notice is not None:
+            return notice
         return self._screen(request, await handler(request))

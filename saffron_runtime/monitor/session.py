@@ -160,6 +160,7 @@ class SCMSession:
             return None
         pre = self.model.tokenizer.backend_tokenizer.pre_tokenizer
         pieces = pre.pre_tokenize_str(tail) if pre is not None else [(tail, (0, len(tail)))]
+        keep = len(pieces)
         if final:
             cut = len(tail)
         else:
@@ -170,12 +171,18 @@ class SCMSession:
         stable = tail[:cut]
         if not stable:
             return None
-        enc = self.model.tokenizer(stable, add_special_tokens=False, return_offsets_mapping=True)
-        ids = enc["input_ids"]
-        offsets = enc["offset_mapping"]
+        # tokenise the whole tail, not ``stable`` alone: a piece's split can depend on the text after
+        # it (``\s+(?!\S)`` keeps "\n\n" whole at the end of a string but splits it before a word),
+        # so only the tokens of the pieces before ``cut`` are taken, by their pre-tokenizer piece
+        enc = self.model.tokenizer(tail, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        if not final:
+            words = enc.word_ids()
+            n = sum(1 for w in words if w is not None and w < keep)
+            ids, offsets = ids[:n], offsets[:n]
         texts, prev = [], 0
         for j, (_, end) in enumerate(offsets):
-            end = cut if j == len(offsets) - 1 else end
+            end = cut if j == len(offsets) - 1 else min(end, cut)
             texts.append(stable[prev:end])
             prev = end
         return self.feed_ids(ids, texts)

@@ -4,11 +4,14 @@ text (guard first, inherited handlers kept), on_violation, tool results screened
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 
 import pytest
 from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.tools import tool
 
 from langchain_saffron.chat_models import ChatSaffron
@@ -25,10 +28,19 @@ def monitor() -> CallableMonitor:
 
 
 class ToolFake(GenericFakeChatModel):
-    """A scripted chat model that accepts tools (the middleware, not the model, is under test)."""
+    """A scripted chat model that accepts tools and streams them (GenericFakeChatModel's stream drops
+    tool calls): words, then one chunk with the tool calls."""
 
     def bind_tools(self, tools, **kwargs):
         return self
+
+    def _stream(self, messages, stop=None, run_manager=None, **kwargs):
+        message = self._generate(messages, stop=stop, **kwargs).generations[0].message
+        for word in re.split(r"(\s)", message.content) if message.content else []:
+            yield ChatGenerationChunk(message=AIMessageChunk(content=word))
+        calls = [{"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i}
+                 for i, c in enumerate(message.tool_calls)]
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=calls))
 
 
 def agent(messages, tools=(), **kw):
@@ -257,7 +269,8 @@ def test_a_failing_monitor_blocks_model_turns_and_tool_results():
     out = create_agent(ToolFake(messages=iter(script)), tools=[search], middleware=[guard]).invoke(
         {"messages": [HumanMessage("q")]})
     tool_msg = next(m for m in out["messages"] if isinstance(m, ToolMessage))
-    assert tool_msg.content.startswith("[tool result withheld") and "monitor offline" in tool_msg.content
+    # the call itself is judged first now: the failing monitor blocks it before the tool runs
+    assert tool_msg.content.startswith("[tool call blocked by the guardrail") and "monitor offline" in tool_msg.content
     assert tool_msg.response_metadata["saffron"]["verdicts"][0]["monitor_failed"] is True
     assert out["messages"][-1].content == "I can't help with that."
     assert {v.rule for v in guard.verdicts} == {"monitor-failed"}
