@@ -43,7 +43,9 @@ def main() -> None:
          "saffron_wall_s": 0.0, "prm_wall_s": 0.0}
     for q in PROMPTS:
         ids = engine.chat_prompt_ids(q)
-        common = dict(budget=args.budget, max_new_tokens=args.steps, min_new_tokens=args.steps)
+        # the published settings: the paper's reward ranking, no commit-lag pruning (counts do not depend on them)
+        common = dict(budget=args.budget, max_new_tokens=args.steps, min_new_tokens=args.steps,
+                      objective="reward", max_commit_lag=None)
         s = engine.search(ids, SearchConfig(method="saffron", **common), prompt_text=q)
         b = engine.search(ids, SearchConfig(method="prm_beam", prm_children=args.children, **common), prompt_text=q)
         r["saffron_reward_forwards"] += s.stats.reward_forwards
