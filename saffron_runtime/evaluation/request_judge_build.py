@@ -89,7 +89,7 @@ def build_request_judge(
     pairs = request_judge_data(data_dir)
     by = split_pairs(pairs)
     tok, model = load_cross_encoder(s.n_frozen, base_dir)
-    feats = compute_features(model, tok, pairs, Path(work), s, log)
+    feats, features_s = compute_features(model, tok, pairs, Path(work), s, log)
 
     def fs(rows: Sequence[LabelledPair]) -> list[Feature]:
         return [feats[p.id] for p in rows]
@@ -130,7 +130,11 @@ def build_request_judge(
     }
     judge = RequestJudge(tok, model, config)
     config["agreement"] = _agreement(judge, data_dir)
-    config["build_wall_s"] = time.perf_counter() - t0
+    config["wall_s"] = {
+        "features": features_s,
+        "epochs": sum(h["wall_s"] for h in history),
+        "this_run": time.perf_counter() - t0,  # less than the sum when it resumed from --work-dir
+    }
     folder = judge.save(out)
     (folder / "split_ids.json").write_text(json.dumps(split_ids(pairs), indent=1) + "\n")
     (folder / "README.md").write_text(render_card(config))

@@ -116,8 +116,10 @@ def render_card(cfg: dict[str, Any]) -> str:
         "--out saffron_runtime/bundled/saffron-request-judge --work-dir runs/request-judge --json",
         "```",
         "",
-        f"Wall time of this build: {cfg['build_wall_s'] / 60:.1f} min on one CPU thread of a shared "
-        "2-core machine (resumable: the frozen features and every epoch are cached in --work-dir).",
+        f"Measured on one CPU thread of a shared 2-core machine: the frozen features "
+        f"{cfg['wall_s']['features'] / 60:.1f} min, the {len(cfg['history'])} epochs "
+        f"{cfg['wall_s']['epochs'] / 60:.1f} min; the last (resumed) run {cfg['wall_s']['this_run'] / 60:.1f} "
+        "min. Resumable: the frozen features and every epoch are cached in --work-dir.",
         "",
         "## Licences",
         "",

@@ -60,11 +60,13 @@ def compute_features(
     work: Path,
     settings: TrainSettings,
     log: Log = print,
-) -> dict[str, Feature]:
-    """The frozen part's hidden states of every pair, by id; chunks already on disk are reused
-    (a chunk file is tied to its rows' ids, so a changed data set recomputes it)."""
+) -> tuple[dict[str, Feature], float]:
+    """The frozen part's hidden states of every pair, by id, and the seconds they took (summed over
+    the chunk files, so a resumed run still reports the whole cost); chunks already on disk are
+    reused (a chunk file is tied to its rows' ids, so a changed data set recomputes it)."""
     work.mkdir(parents=True, exist_ok=True)
     out: dict[str, Feature] = {}
+    spent = 0.0
     model.eval()
     t0 = time.perf_counter()
     for c in range(0, len(pairs), settings.chunk):
@@ -76,7 +78,9 @@ def compute_features(
             if saved["ids"] == ids and saved["max_length"] == settings.max_length \
                     and saved["n_frozen"] == settings.n_frozen:
                 out.update(zip(ids, zip(saved["h"], saved["mask"], strict=True), strict=True))
+                spent += float(saved.get("wall_s", 0.0))
                 continue
+        t_chunk = time.perf_counter()
         hs, masks = [], []
         for i in range(0, len(rows), settings.batch_size):
             b = encode_pairs(tok, [p.request for p in rows[i : i + settings.batch_size]],
@@ -88,13 +92,15 @@ def compute_features(
                 hs.append(h[j, :n].to(torch.float16).clone())
                 masks.append(torch.ones(n, dtype=torch.long))
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        took = time.perf_counter() - t_chunk
+        spent += took
         torch.save({"ids": ids, "h": hs, "mask": masks, "max_length": settings.max_length,
-                    "n_frozen": settings.n_frozen}, tmp)
+                    "n_frozen": settings.n_frozen, "wall_s": took}, tmp)
         os.replace(tmp, path)
         out.update(zip(ids, zip(hs, masks, strict=True), strict=True))
         log(f"features: {min(c + settings.chunk, len(pairs))}/{len(pairs)} rows "
             f"({time.perf_counter() - t0:.0f} s)")
-    return out
+    return out, spent
 
 
 def collate(feats: Sequence[Feature]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,6 +166,7 @@ def train_epochs(
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
     """Train the tuned part; returns the best-on-validation state and the per-epoch history.
     Resumes from the last ``epoch_N.pt`` in ``work``."""
+    work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(s.seed)
     rng = random.Random(s.seed)
     lengths = [f[0].shape[0] for f, _, _ in train]

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from saffron_runtime.errors import ConfigError
 from saffron_runtime.evaluation.attack.grid import AttackSettings, MethodSpec
 from saffron_runtime.evaluation.attack.harness import AttackHarness, Judged
 from saffron_runtime.evaluation.attack.stats import (
@@ -54,6 +55,9 @@ def build_harness(
     from saffron_runtime.bundled import DEFAULT_MONITOR, MRM, bundled_path, resolve_bundled
     from saffron_runtime.stack import StackOptions, build_stack
 
+    if independent not in ("request", "minilm"):  # before any model loads
+        _independent(independent, request_judge, None)
+
     # the learned judge is the monitor's response head, which is also the PRM and the Best-of-N ranker
     stack = build_stack(
         StackOptions(
@@ -92,14 +96,14 @@ def build_harness(
 
 
 def _independent(
-    independent: str, request_judge: str, minilm_harm: TextJudge
+    independent: str, request_judge: str, minilm_harm: TextJudge | None
 ) -> tuple[TextJudge | RequestJudge, str]:
     """The independent harm judge and its part of the judges id (empty for the MiniLM judge, so
     the published ledger's lines stay valid; else ``+request-<hash of its folder>``)."""
-    if independent == "minilm":
+    if independent == "minilm" and minilm_harm is not None:
         return minilm_harm, ""
-    if independent != "request":
-        raise ValueError(
+    if independent != "request":  # (also an unknown name checked before loading)
+        raise ConfigError(
             f"independent judge {independent!r}: choose 'request' (request-aware) or 'minilm'"
         )
     from saffron_runtime.bundled import bundled_path
