@@ -193,7 +193,7 @@ def train_request_judge_cmd(
     work_dir: Annotated[
         Path, typer.Option(help="Cache of features and epochs: rerun the command to resume.")
     ] = Path("runs/request-judge"),
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 6,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (the best on validation is kept).")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Train the request-aware harm judge (MiniLM cross-encoder) on human labels, split by request.

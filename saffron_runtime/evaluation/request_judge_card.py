@@ -101,6 +101,10 @@ def render_card(cfg: dict[str, Any]) -> str:
         "",
         "## Limits",
         "",
+        "- Below the issue's targets (held-out macro F1 and harmful recall >= 0.85) unless the table "
+        "above says otherwise; report it beside the learned judge and the strings, never alone.",
+        "- It leans on the request: a response that rebuts or answers a harmful-sounding request "
+        "harmlessly can still be called harmful (read the disagreements above).",
         "- Short inputs: only the first tokens of a long response are read, so harm that starts late "
         "is missed.",
         "- The labels come from three sources with different notions of harm (objective achieved, "
@@ -113,7 +117,8 @@ def render_card(cfg: dict[str, Any]) -> str:
         "",
         "```bash",
         "make bundled-request-judge   # = saffron eval train-request-judge --data-dir data "
-        "--out saffron_runtime/bundled/saffron-request-judge --work-dir runs/request-judge --json",
+        "--out saffron_runtime/bundled/saffron-request-judge --work-dir runs/request-judge"
+        + ("" if cfg["settings"]["epochs"] == 8 else f" --epochs {cfg['settings']['epochs']}"),
         "```",
         "",
         f"Measured on one CPU thread of a shared 2-core machine: the frozen features "

@@ -36,9 +36,9 @@ class TrainSettings:
 
     n_frozen: int = 5
     max_length: int = 128
-    epochs: int = 6
+    epochs: int = 8
     batch_size: int = 16
-    lr_layers: float = 1e-4
+    lr_layers: float = 3e-4  # chosen on validation over 1e-4 (docs/evaluation_judge.md)
     lr_head: float = 2e-3
     weight_decay: float = 0.01
     warmup: float = 0.1
