@@ -190,9 +190,9 @@ def train_request_judge_cmd(
     data_dir: Annotated[
         Path, typer.Option(help="The safety data folder (the repository's data/).")
     ] = Path("data"),
-    work_dir: Annotated[
-        Path, typer.Option(help="Cache of features and epochs: rerun the command to resume.")
-    ] = Path("runs/request-judge"),
+    work_dir: Annotated[Path, typer.Option(help="Features and epochs cache (rerun: resume).")] = Path(
+        "runs/request-judge"
+    ),
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs (the best on validation is kept).")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -204,19 +204,13 @@ def train_request_judge_cmd(
     from saffron_runtime.evaluation.request_judge_train import TrainSettings
 
     quiet()
-    config = build_request_judge(
-        data_dir, out, work_dir, TrainSettings(epochs=epochs), log=lambda m: console.print(m)
-    )
+    cfg = build_request_judge(data_dir, out, work_dir, TrainSettings(epochs=epochs), log=console.print)
+    shown = {f"test_{k}": cfg["test"][k]["value"] for k in ("accuracy", "macro_f1", "harmful_recall")}
+    shown |= {"threshold": cfg["threshold"], "kappa": cfg["agreement"]["judge_vs_majority"]["kappa"]}
     if as_json:
-        print(json.dumps(config))
+        print(json.dumps(cfg))
     else:
-        print_metrics(
-            {f"test_{k}": config["test"][k]["value"] for k in ("accuracy", "macro_f1", "harmful_recall")}
-            | {"threshold": config["threshold"],
-               "kappa_majority": config["agreement"]["judge_vs_majority"]["kappa"]},
-            str(out),
-            False,
-        )
+        print_metrics(shown, str(out), False)
 
 
 def _ints(spec: str, option: str) -> list[int]:

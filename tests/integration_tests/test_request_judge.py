@@ -9,6 +9,7 @@ import pytest
 
 from saffron_runtime.bundled import bundled_path
 from saffron_runtime.evaluation.request_judge import REQUEST_JUDGE_DIR, RequestJudge
+from saffron_runtime.evaluation.request_judge_card import render_card
 from saffron_runtime.evaluation.request_judge_data import request_judge_data, split_pairs
 from saffron_runtime.evaluation.request_judge_eval import binary_scores
 
@@ -31,6 +32,8 @@ def test_bundled_judge_reproduces_its_held_out_scores(judge):
     for k in ("accuracy", "macro_f1", "harmful_recall"):
         assert got[k] == pytest.approx(cfg["test"][k]["value"], abs=0.006), k  # at most 2 of 376 rows flip
     assert judge.threshold == cfg["threshold"]
+    card = (bundled_path(REQUEST_JUDGE_DIR) / "README.md").read_text()
+    assert card == render_card(cfg)  # the card's numbers are the measured ones
 
 
 def test_the_judge_reads_the_request(judge):
