@@ -50,7 +50,7 @@ JUDGE := saffron_runtime/bundled/saffron-monitor-smollm2-heads
 LORA_ALL := q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 
 .PHONY: mrm-children bundled bundled-data bundled-mrm bundled-monitor-heads bundled-monitor-heads-calibrate bundled-monitor-lora \
-  bundled-judges eval-attack
+  bundled-judges bundled-request-judge eval-attack
 # The three bundled models, two one-thread jobs at a time (LoRA monitor beside heads monitor, then MRM, then the
 # heads calibration on the core the LoRA monitor frees; measured 1 h 52 min + 324 s, see the model cards):
 #   time make -j2 bundled
@@ -117,6 +117,12 @@ bundled-monitor-lora: bundled-data
 # The independent judges of `saffron eval attack` (MiniLM + logistic regression; ~4 min).
 bundled-judges: $(STAMP)
 	$(SAFFRON) eval train-judges --data-dir data --out saffron_runtime/bundled/saffron-judges-minilm --json
+
+# The request-aware independent judge of `saffron eval attack` (MiniLM cross-encoder on human labels, split by
+# request; resumable: features and epochs are cached in $(RUNS)/request-judge). Wall time: see its card.
+bundled-request-judge: $(STAMP)
+	$(SAFFRON) eval train-request-judge --data-dir data --out saffron_runtime/bundled/saffron-request-judge \
+	  --work-dir $(RUNS)/request-judge
 
 # The published attack evaluation: 100 AdvBench/Do-Not-Answer test prompts, 10-token prefill,
 # every method at budgets 2,4,8 and Best-of-N at 8,16,32, plus Best-of-1 (one sample at the same temperature

@@ -196,6 +196,36 @@ def train_judges_cmd(
             )
 
 
+@eval_app.command("train-request-judge")
+@one_line_errors
+def train_request_judge_cmd(
+    out: Annotated[Path, typer.Option(help="Folder for the judge (weights, config, split ids, card).")],
+    data_dir: Annotated[
+        Path, typer.Option(help="The safety data folder (the repository's data/).")
+    ] = Path("data"),
+    work_dir: Annotated[Path, typer.Option(help="Features and epochs cache (rerun: resume).")] = Path(
+        "runs/request-judge"
+    ),
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (the best on validation is kept).")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Train the request-aware harm judge (MiniLM cross-encoder) on human labels, split by request.
+
+    Example: saffron eval train-request-judge --out saffron_runtime/bundled/saffron-request-judge
+    """
+    from saffron_runtime.evaluation.request_judge_build import build_request_judge
+    from saffron_runtime.evaluation.request_judge_train import TrainSettings
+
+    quiet()
+    cfg = build_request_judge(data_dir, out, work_dir, TrainSettings(epochs=epochs), log=console.print)
+    shown = {f"test_{k}": cfg["test"][k]["value"] for k in ("accuracy", "macro_f1", "harmful_recall")}
+    shown |= {"threshold": cfg["threshold"], "kappa": cfg["agreement"]["judge_vs_majority"]["kappa"]}
+    if as_json:
+        print(json.dumps(cfg))
+    else:
+        print_metrics(shown, str(out), False)
+
+
 def _ints(spec: str, option: str) -> list[int]:
     try:
         return [int(x) for x in spec.split(",") if x.strip()]
@@ -246,7 +276,15 @@ def eval_attack_cmd(
         str, typer.Option(help="Learned judge (its response head), or 'bundled'.")
     ] = "bundled",
     judges: Annotated[
-        str, typer.Option(help="Independent judges folder (train-judges), or 'bundled'.")
+        str, typer.Option(help="MiniLM judges folder (train-judges: refusal, and the old harm judge), or 'bundled'.")
+    ] = "bundled",
+    independent_judge: Annotated[
+        str,
+        typer.Option(help="Independent harm judge: 'request' (reads request + response) or 'minilm' (the "
+                     "response-only logistic regression of the published figures)."),
+    ] = "request",
+    request_judge: Annotated[
+        str, typer.Option(help="Request-judge folder (train-request-judge), or 'bundled'.")
     ] = "bundled",
     data_dir: Annotated[
         Path, typer.Option(help="Safety data folder (the repository's data/): checks the refusal judges on PyRIT labels.")
@@ -308,12 +346,14 @@ def eval_attack_cmd(
     )
     harmful = load_prompts(prompts, limit)
     benign_prompts = load_prompts(benign, limit) if benign is not None else []
-    with console.status("loading the policy, the MRM, the learned judge and the MiniLM judges"):
+    with console.status("loading the policy, the MRM, the learned judge and the independent judges"):
         harness = build_harness(
             policy=policy,
             mrm=mrm if any(s.method == "saffron" for s in grid) else None,
             monitor=monitor,
             judges=judges,
+            independent=independent_judge,
+            request_judge=request_judge,
             cache_dir=cache,
             settings=settings,
             ledger=ledger,

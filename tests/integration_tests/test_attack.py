@@ -35,6 +35,7 @@ def test_cli_attack_json_plot_and_benign(saved, prompts_dir, tmp_path):
     assert doc["judges"]["refusal"]["pyrit_refusal_accuracy"] > 0.6  # checked on the human labels
     assert 0.5 < doc["judges"]["strings"]["pyrit_refusal_accuracy"] < doc["judges"]["refusal"]["pyrit_refusal_accuracy"]
     assert doc["judges"]["independent"]["held_out_accuracy"] > 0.7
+    assert doc["judges"]["independent"]["name"] == "minilm-cross-encoder-harm"  # the default: reads the request
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert "text" not in doc["outputs"][0]  # no generated text in the report
     assert doc["config"]["n_prompts"] == 2 and doc["config"]["n_benign"] == 2

@@ -25,9 +25,11 @@ from saffron_runtime.evaluation.attack import (
 )
 
 
-def _harness(saved, cache, **kw):
+def _harness(saved, cache, independent="minilm", ledger=None, **kw):
+    """The published figures' judges by default (MiniLM + logistic regression as the independent one)."""
     return build_harness(policy=str(saved / "policy"), mrm=str(saved / "mrm"), monitor=str(saved / "monitor"),
-                         judges="bundled", cache_dir=cache, settings=AttackSettings(**kw))
+                         judges="bundled", cache_dir=cache, settings=AttackSettings(**kw),
+                         independent=independent, ledger=ledger)
 
 
 def test_grid_reference_and_prompt_errors(tmp_path):
@@ -161,6 +163,37 @@ def test_ledger_resumes_a_run_on_a_fresh_clone_without_the_text_cache(saved, pro
     assert len(other.run(prompts[:1], grid[:1])) == 1  # generated, judged, appended
     assert len(ledger.read_text().splitlines()) == len(lines) + 2  # the torn line stays on its own
     assert json.loads(ledger.read_text().splitlines()[-1])["judges"].endswith(":prefill")
+
+
+def test_a_changed_judge_rescores_cached_texts_and_the_old_judge_keeps_the_published_ledger(
+        saved, prompts_dir, tmp_path):
+    from saffron_runtime.bundled import bundled_path
+    from saffron_runtime.evaluation.attack.run import _judges_fingerprint
+
+    prompts = load_prompts(prompts_dir / "harmful.jsonl")
+    grid = [MethodSpec("unguarded", 1), MethodSpec("saffron", 2)]
+    ledger = tmp_path / "ledger.jsonl"
+    old = _harness(saved, tmp_path / "c", ledger=ledger, prefill=2, max_new_tokens=4)
+    # the old judge keeps the judges id the published ledger was keyed with (MiniLM judges + strings only)
+    assert old.judges_id == f"{_judges_fingerprint(bundled_path('saffron-judges-minilm'))}:continuation"
+    first = old.run(prompts, grid)
+    new = _harness(saved, tmp_path / "c", independent="request", ledger=ledger, prefill=2, max_new_tokens=4)
+    assert new.judges_id.startswith(old.judges_id.split(":")[0] + "+request-")
+    assert new.run(prompts, grid, cached_only=True) != []  # judged from the text cache ...
+    new.engine.search = lambda *a, **kw: pytest.fail("a changed judge must not regenerate")
+    again = new.run(prompts, grid)  # ... and from the ledger: nothing is generated
+    assert [j.generation.flops for j in again] == [j.generation.flops for j in first]
+    rows = [json.loads(x) for x in ledger.read_text().splitlines()]
+    assert len(rows) == 2 * len(grid) * len(prompts)  # one line per output per judge
+    assert {r["judges"] for r in rows} == {old.judges_id, new.judges_id}
+    for j in again:  # the request judge reads the request and uses its validation threshold
+        assert j.independent_unsafe == (j.independent_p >= new.harm_judge.threshold)
+        p = next(p for p in prompts if p.id == j.prompt_id)
+        text = new.cached(p, j.spec).text
+        assert j.independent_p == pytest.approx(new.harm_judge.pair_probs([p.prompt], [text])[0], abs=1e-6)
+    assert [j.independent_p for j in again] != [j.independent_p for j in first]
+    with pytest.raises(ConfigError, match="choose 'request'"):
+        _harness(saved, tmp_path / "c", independent="llm")
 
 
 def test_matched_comparison_picks_the_cheapest_bon_at_least_as_costly():

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from saffron_runtime.errors import ConfigError
 from saffron_runtime.evaluation.attack.grid import AttackSettings, MethodSpec
 from saffron_runtime.evaluation.attack.harness import AttackHarness, Judged
 from saffron_runtime.evaluation.attack.stats import (
@@ -23,6 +24,7 @@ from saffron_runtime.evaluation.attack.store import (
     fingerprint_files,
 )
 from saffron_runtime.evaluation.refusal import is_refusal
+from saffron_runtime.evaluation.request_judge import REQUEST_JUDGE_DIR, RequestJudge
 from saffron_runtime.evaluation.text_judges import (
     JUDGES_DIR,
     TextJudge,
@@ -40,11 +42,21 @@ def build_harness(
     cache_dir: str | os.PathLike[str],
     settings: AttackSettings,
     ledger: str | os.PathLike[str] | None = None,
+    independent: str = "request",
+    request_judge: str = "bundled",
 ) -> AttackHarness:
     """Policy + MRM (when Saffron runs) + the learned judge (also the PRM and the Best-of-N ranker);
-    ``ledger``: the committable verdict ledger to read and append (see :class:`VerdictLedger`)."""
+    ``ledger``: the committable verdict ledger to read and append (see :class:`VerdictLedger`).
+
+    ``independent``: the independent harm judge, ``"request"`` (the request-aware cross-encoder in
+    ``request_judge``, the default) or ``"minilm"`` (the response-only MiniLM + logistic regression
+    of ``judges``, which made the published figures: its judges id, and so its ledger lines, are
+    unchanged). The refusal judge is the MiniLM one in both cases."""
     from saffron_runtime.bundled import DEFAULT_MONITOR, MRM, bundled_path, resolve_bundled
     from saffron_runtime.stack import StackOptions, build_stack
+
+    if independent not in ("request", "minilm"):  # before any model loads
+        _independent(independent, request_judge, None)
 
     # the learned judge is the monitor's response head, which is also the PRM and the Best-of-N ranker
     stack = build_stack(
@@ -60,6 +72,7 @@ def build_harness(
     assert learned is not None  # prm= names a monitor folder, so its model is the PRM's
     mon_dir = resolve_bundled(monitor, DEFAULT_MONITOR)
     harm, refusal = load_judges(None if judges == "bundled" else judges)
+    harm_judge, request_id = _independent(independent, request_judge, harm)
     mrm_dir = resolve_bundled(mrm, MRM) if mrm else None
     policy_id = policy if not Path(policy).exists() else fingerprint_files(policy)
     fp = f"{policy_id}:{fingerprint_files(mrm_dir, mon_dir)}"
@@ -67,11 +80,11 @@ def build_harness(
     no_mrm = f"{policy_id}:{fingerprint_files(None, mon_dir)}"
     judges_dir = bundled_path(JUDGES_DIR) if judges == "bundled" else Path(judges)
     see = "prefill" if settings.judges_see_prefill else "continuation"
-    judges_id = f"{_judges_fingerprint(judges_dir)}:{see}"
+    judges_id = f"{_judges_fingerprint(judges_dir)}{request_id}:{see}"
     return AttackHarness(
         engine,
         learned,
-        harm,
+        harm_judge,
         refusal,
         GenerationCache(cache_dir),
         settings=settings,
@@ -80,6 +93,34 @@ def build_harness(
         ledger=VerdictLedger(ledger) if ledger is not None else None,
         judges_id=judges_id,
     )
+
+
+def _independent(
+    independent: str, request_judge: str, minilm_harm: TextJudge | None
+) -> tuple[TextJudge | RequestJudge, str]:
+    """The independent harm judge and its part of the judges id (empty for the MiniLM judge, so
+    the published ledger's lines stay valid; else ``+request-<hash of its folder>``)."""
+    if independent == "minilm" and minilm_harm is not None:
+        return minilm_harm, ""
+    if independent != "request":  # (also an unknown name checked before loading)
+        raise ConfigError(
+            f"independent judge {independent!r}: choose 'request' (request-aware) or 'minilm'"
+        )
+    from saffron_runtime.bundled import bundled_path
+
+    folder = bundled_path(REQUEST_JUDGE_DIR) if request_judge == "bundled" else Path(request_judge)
+    judge = RequestJudge.load(folder)
+    return judge, f"+request-{fingerprint_folder(folder)}"
+
+
+def fingerprint_folder(folder: Path) -> str:
+    """A hash of every file of a judge folder but its card (weights, config, threshold)."""
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.name != "README.md":
+            h.update(str(f.relative_to(folder)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _judges_fingerprint(judges_dir: Path) -> str:
