@@ -29,6 +29,7 @@ from langchain_core.outputs import LLMResult
 from langchain_saffron._guard import feed, finish, last_user_message, message_text, violation
 from saffron_runtime.errors import Verdict
 from saffron_runtime.monitor.adapters import StreamingMonitor
+from saffron_runtime.monitor.faults import open_session
 from saffron_runtime.monitor.session import MonitorSession
 
 
@@ -74,7 +75,7 @@ class _GuardCore:
         return state.stop if state else threading.Event()
 
     def _open(self, run_id: UUID, prompt: str) -> None:
-        state = _RunState(self.monitor.open(prompt))
+        state = _RunState(open_session(self.monitor, prompt))
         with self._lock:
             self._runs[run_id] = state
 
