@@ -18,7 +18,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from saffron_runtime.errors import ConfigError, Verdict
-from saffron_runtime.monitor.faults import checked_score, fault_verdict
+from saffron_runtime.monitor.faults import checked_score, encodable, fault_verdict
 from saffron_runtime.monitor.model import SCMMonitorModel
 from saffron_runtime.monitor.rules import MonitorRule
 from saffron_runtime.monitor.session import MonitorSession, SCMSession
@@ -44,7 +44,11 @@ class SCMMonitor:
         rule: MonitorRule | None = None,
         hold_back: int | None = None,
         fail_open: bool = False,
+        max_text_chars: int = 65_536,
     ) -> None:
+        if max_text_chars < 1:
+            raise ConfigError(f"max_text_chars={max_text_chars} must be >= 1 character")
+        self.max_text_chars = max_text_chars  # a longer text fails closed instead of running for minutes
         self.model = model
         self.rule = rule or model.rule
         self.hold_back = model.hold_back if hold_back is None else hold_back
@@ -54,7 +58,12 @@ class SCMMonitor:
     def open(self, prompt: str) -> SCMSession:
         """A session with its own KV cache."""
         return SCMSession(
-            self.model, prompt, rule=self.rule, hold_back=self.hold_back, fail_open=self.fail_open
+            self.model,
+            prompt,
+            rule=self.rule,
+            hold_back=self.hold_back,
+            fail_open=self.fail_open,
+            max_text_chars=self.max_text_chars,
         )
 
     def has_prompt_head(self) -> bool:
@@ -130,7 +139,9 @@ class _RescoringSession:
         """Add text; re-score when enough has arrived since the last check."""
         if self.verdict is not None:
             return self.verdict
-        self._text += text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+        self._text += encodable(
+            text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+        )
         if len(self._text) - self._scored >= self.every:
             return self._check()
         return None

@@ -17,12 +17,14 @@ from __future__ import annotations
 import codecs
 import logging
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from saffron_runtime.errors import GuardrailViolation, SaffronError, Verdict
 
 log = logging.getLogger("saffron_runtime.monitor")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class MonitorFault(SaffronError):
@@ -49,6 +51,12 @@ def checked_score(value: Any, source: str) -> float:
 def checked_scores(values: Iterable[Any], source: str) -> list[float]:
     """:func:`checked_score` on each value."""
     return [checked_score(v, source) for v in values]
+
+
+def encodable(text: str) -> str:
+    """``text`` with lone surrogates (``'\\ud800'``: not valid Unicode, so no tokenizer or UTF-8 writer
+    accepts them) replaced by U+FFFD, as a UTF-8 decoder would; other text is returned unchanged."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def fault_verdict(
@@ -112,14 +120,14 @@ class FailSafeSession:
         """Forward ``text``; a fault gives a verdict (or passes, failing open)."""
         if self._verdict is not None:
             return self._verdict
-        self._text += self._utf8.decode(text) if isinstance(text, bytes) else text
+        self._text += encodable(self._utf8.decode(text) if isinstance(text, bytes) else text)
         if self.passing:
             return None
         return self._step(self.inner.feed_text, text)
 
     def finish(self) -> Verdict | None:
         """Forward the end of the stream."""
-        self._text += self._utf8.decode(b"", final=True)
+        self._text += encodable(self._utf8.decode(b"", final=True))
         if self._verdict is not None or self.passing:
             return self._verdict
         return self._step(self.inner.finish)

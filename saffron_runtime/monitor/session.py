@@ -28,7 +28,7 @@ import torch
 from transformers import DynamicCache
 
 from saffron_runtime.errors import Verdict
-from saffron_runtime.monitor.faults import checked_scores, fault_verdict
+from saffron_runtime.monitor.faults import MonitorFault, checked_scores, encodable, fault_verdict
 from saffron_runtime.monitor.model import SCMMonitorModel
 from saffron_runtime.monitor.rules import MonitorRule, RuleState
 
@@ -68,6 +68,7 @@ class SCMSession:
         hold_back: int | None = None,
         lock: threading.Lock | None = None,
         fail_open: bool = False,
+        max_text_chars: int = 65_536,
     ) -> None:
         self.model = model
         self.rule = rule or model.rule
@@ -84,6 +85,7 @@ class SCMSession:
         self._committed_chars = 0
         self._released_chars = 0
         self.fail_open = fail_open
+        self.max_text_chars = max_text_chars
         self.passing = False  # a fail-open fault happened: the rest passes unjudged
         self._limit = model.context_tokens
         self._cached: list[int] = []  # response ids in the cache (after the prefix)
@@ -219,8 +221,17 @@ class SCMSession:
         """Feed produced text (str, or bytes that may split a UTF-8 character)."""
         if self.verdict is not None:
             return self.verdict
-        self._text += self._utf8.decode(text) if isinstance(text, bytes) else text
-        return None if self.passing else self._commit(final=False)
+        text = self._utf8.decode(text) if isinstance(text, bytes) else text
+        self._text += encodable(text)
+        if self.passing:
+            return None
+        if len(self._text) > self.max_text_chars:
+            return self._fault(MonitorFault(
+                f"the text is {len(self._text)} characters, past the monitor's max_text_chars="
+                f"{self.max_text_chars}: it cannot be judged in bounded time; raise "
+                "SCMMonitor(max_text_chars=...) or shorten the text (e.g. summarise a tool result)"
+            ))
+        return self._commit(final=False)
 
     def finish(self) -> Verdict | None:
         """Flush the tail (and any incomplete bytes) and score it."""
