@@ -21,11 +21,13 @@ from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
+from langchain_saffron._inputs import check_messages, convert_input
 from langchain_saffron._outcome import final_message, guard_stop_events, last_chunk
 from langchain_saffron._prompting import output_constraint, render_prompt
 from langchain_saffron._structured import json_schema_output
@@ -159,6 +161,10 @@ class ChatSaffron(BaseChatModel, SearchFields):
         return params
 
     # ------------------------------------------------------------------ one run
+    def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
+        """langchain-core's conversion, with a clear PromptError for bytes and unreadable input."""
+        return convert_input(model_input, super()._convert_input)
+
     def _settings(self, kwargs: dict[str, Any], stop: list[str] | None = None) -> SearchConfig:
         unknown = set(kwargs) - CALL_KWARGS
         if unknown:
@@ -178,6 +184,7 @@ class ChatSaffron(BaseChatModel, SearchFields):
         stop_event: threading.Event | None = None,
     ) -> tuple[GuardedGeneration, int, OnViolation]:
         cfg = self._settings(kwargs, stop)
+        check_messages(messages)
         engine = self._stack.engine_for(cfg.method)
         tok = engine.policy.tokenizer
         constraint, schema = output_constraint(tok, kwargs, self.json_max_string_length)
