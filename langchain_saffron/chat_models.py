@@ -32,7 +32,7 @@ from langchain_saffron._outcome import final_message, guard_stop_events, last_ch
 from langchain_saffron._prompting import output_constraint, render_prompt
 from langchain_saffron._structured import json_schema_output
 from saffron_runtime.config import describe_validation_error
-from saffron_runtime.errors import DEFAULT_REFUSAL, ConfigError, OnViolation
+from saffron_runtime.errors import DEFAULT_REFUSAL, ConfigError, OnViolation, validate_on_violation
 from saffron_runtime.guarded import GuardedGeneration, GuardedOutcome, LinkedStopEvent
 from saffron_runtime.monitor.adapters import StreamingMonitor
 from saffron_runtime.search.config import SEARCH_FIELDS, SearchConfig, SearchFields
@@ -51,6 +51,18 @@ CALL_KWARGS = frozenset(SEARCH_FIELDS) | {
     "stream",
 }
 """Every setting a call (``invoke(..., **kw)``, ``.bind(**kw)``) may pass; others are errors."""
+
+
+def _field_names(cls: type[Any]) -> set[str]:
+    """Every name a pydantic model's constructor accepts: field names and their aliases."""
+    names: set[str] = set()
+    for name, f in cls.model_fields.items():
+        names.add(name)
+        if f.alias:
+            names.add(f.alias)
+        va = f.validation_alias
+        names.update([va] if isinstance(va, str) else [c for c in getattr(va, "choices", []) if isinstance(c, str)])
+    return names
 
 
 class ChatSaffron(BaseChatModel, SearchFields):
@@ -103,6 +115,12 @@ class ChatSaffron(BaseChatModel, SearchFields):
     _stack: Stack = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
+        unknown = sorted(set(data) - _field_names(type(self)))
+        if unknown:  # langchain-core ignores unknown fields: a typo would silently do nothing
+            raise ConfigError(
+                f"ChatSaffron got unknown setting(s) {unknown}; see ChatSaffron's fields "
+                "(e.g. budget, max_tokens, method, monitor, on_violation)"
+            )
         try:
             super().__init__(**data)
         except ValidationError as e:
@@ -201,7 +219,7 @@ class ChatSaffron(BaseChatModel, SearchFields):
             check_prompt=self.check_prompt,
             constraint=constraint,
         )
-        return gen, len(ids), kwargs.get("on_violation", self.on_violation)
+        return gen, len(ids), validate_on_violation(kwargs.get("on_violation", self.on_violation))
 
     def _final(self, outcome: GuardedOutcome, n_prompt: int, on_violation: str, tools: Any) -> AIMessage:
         return final_message(
