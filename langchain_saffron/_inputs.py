@@ -43,6 +43,10 @@ def convert_input(model_input: Any, convert: Callable[[Any], PromptValue]) -> Pr
 
 def check_messages(messages: Sequence[Any]) -> None:
     """Refuse a conversation with no text, or with text that is not valid Unicode."""
+    if not messages:
+        raise PromptError(
+            "the message list is empty; pass at least one message (e.g. a HumanMessage)"
+        )
     texts = [message_text(m) for m in messages]
     calls = any(getattr(m, "tool_calls", None) for m in messages)
     if not calls and not any(t.strip() for t in texts):

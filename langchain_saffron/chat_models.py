@@ -52,6 +52,10 @@ CALL_KWARGS = frozenset(SEARCH_FIELDS) | {
 }
 """Every setting a call (``invoke(..., **kw)``, ``.bind(**kw)``) may pass; others are errors."""
 
+STANDARD_IGNORED = frozenset({"api_key", "base_url", "timeout", "max_retries", "streaming"})
+"""LangChain's standard constructor settings of hosted models: accepted and ignored by a local model
+(so code written for any chat model runs); any other unknown setting is a ConfigError."""
+
 
 def _field_names(cls: type[Any]) -> set[str]:
     """Every name a pydantic model's constructor accepts: field names and their aliases."""
@@ -115,7 +119,7 @@ class ChatSaffron(BaseChatModel, SearchFields):
     _stack: Stack = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
-        unknown = sorted(set(data) - _field_names(type(self)))
+        unknown = sorted(set(data) - _field_names(type(self)) - STANDARD_IGNORED)
         if unknown:  # langchain-core ignores unknown fields: a typo would silently do nothing
             raise ConfigError(
                 f"ChatSaffron got unknown setting(s) {unknown}; see ChatSaffron's fields "

@@ -97,7 +97,7 @@ def test_max_tokens_is_accepted_per_call_and_by_bind(model):
 PROMPTS = {
     "empty string": ("", r"the prompt is empty"),
     "whitespace only": ("   \n", r"the prompt is empty"),
-    "empty message list": ([], r"the prompt is empty"),
+    "empty message list": ([], r"the message list is empty"),
     "only empty messages": ([HumanMessage("")], r"the prompt is empty"),
     "bytes": (b"\x00\xff", r"the input is bytes.*decode it first"),
     "an int": (42, r"cannot read the input \(int\)"),
