@@ -91,19 +91,24 @@ class SCMSession:
         self._cached: list[int] = []  # response ids in the cache (after the prefix)
         self._cache = DynamicCache(config=model.backbone.config)
         self._pos = 0
-        prefix = model.prefix_ids(prompt)
-        if len(prefix) > self._limit // 2:
+        self._prefix: list[int] = []
+        try:
+            self._prefix = self._fit_prompt(model.prefix_ids(encodable(prompt)))
+            self._forward_all(self._prefix)
+        except Exception as e:  # noqa: BLE001 - a fault is a verdict by policy
+            self._fault(e)
+
+    def _fit_prompt(self, prefix: list[int]) -> list[int]:
+        """The prompt prefix, cut to its last half-context tokens when longer (logged)."""
+        half = self._limit // 2
+        if len(prefix) > half:
             log.warning(
                 "the prompt is %d monitor tokens, past half the monitor's context (%d): it judges "
                 "the response against the prompt's last %d tokens",
-                len(prefix), self._limit, self._limit // 2,
+                len(prefix), self._limit, half,
             )
-            prefix = prefix[-(self._limit // 2) :]
-        self._prefix = prefix
-        try:
-            self._forward_all(prefix)
-        except Exception as e:  # noqa: BLE001 - a fault is a verdict by policy
-            self._fault(e)
+            return prefix[-half:]
+        return prefix
 
     # -------------------------------------------------------------- model
     def _forward(self, ids: list[int]) -> torch.Tensor:
