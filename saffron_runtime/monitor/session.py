@@ -33,7 +33,7 @@ from saffron_runtime.monitor.model import SCMMonitorModel
 from saffron_runtime.monitor.rules import MonitorRule, RuleState
 
 _HOLD_PIECES = 2
-_BLOCK = 512  # tokens per forward: bounds the attention's memory for a long text fed at once
+_BLOCK = 1024  # tokens per forward: bounds the attention's memory for a long text fed at once
 
 log = logging.getLogger(__name__)
 
