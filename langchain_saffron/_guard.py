@@ -19,6 +19,7 @@ from langchain_core.messages import AIMessage
 
 from saffron_runtime.errors import DEFAULT_REFUSAL, GuardrailViolation, OnViolation, Verdict
 from saffron_runtime.monitor.adapters import StreamingMonitor
+from saffron_runtime.monitor.faults import open_session
 from saffron_runtime.monitor.session import MonitorSession
 
 __all__ = [
@@ -118,7 +119,7 @@ def judge_text(monitor: StreamingMonitor, prompt: str, text: str) -> Verdict | N
         return None
 
     def step() -> Verdict | None:
-        session = monitor.open(prompt)
+        session = open_session(monitor, prompt)
         return session.feed_text(text) or session.finish()
 
     return _fail_closed(step)

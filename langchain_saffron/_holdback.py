@@ -22,6 +22,7 @@ from langchain_core.messages import AIMessageChunk, BaseMessageChunk
 from langchain_saffron._guard import feed, finish, judge_text, message_text
 from saffron_runtime.errors import Verdict
 from saffron_runtime.monitor.adapters import StreamingMonitor
+from saffron_runtime.monitor.faults import open_session
 from saffron_runtime.monitor.session import MonitorSession
 
 HOLD_LIMIT_RULE = "hold-back-limit"
@@ -74,10 +75,9 @@ class HeldStream:
     tool_verdicts: dict[int, Verdict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        try:
-            self.session = self.monitor.open(self.prompt)
-        except Exception as e:  # noqa: BLE001 - a monitor that cannot open blocks, never passes
-            self.verdict = Verdict.monitor_failure(f"{type(e).__name__}: {e}")
+        # every fault (raising, hanging, NaN / inf scores, failing to open) becomes a monitor-failed
+        # verdict there, or passes with a logged warning when the monitor is fail_open
+        self.session = open_session(self.monitor, self.prompt)
 
     # ------------------------------------------------------------------ text
     def _release(self, *, everything: bool = False) -> str:

@@ -21,17 +21,19 @@ from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
+from langchain_saffron._inputs import check_messages, convert_input
 from langchain_saffron._outcome import final_message, guard_stop_events, last_chunk
 from langchain_saffron._prompting import output_constraint, render_prompt
 from langchain_saffron._structured import json_schema_output
 from langchain_saffron.remote import FORWARDED, RemoteSaffron
 from saffron_runtime.config import describe_validation_error
-from saffron_runtime.errors import DEFAULT_REFUSAL, ConfigError, OnViolation
+from saffron_runtime.errors import DEFAULT_REFUSAL, ConfigError, OnViolation, validate_on_violation
 from saffron_runtime.guarded import GuardedGeneration, GuardedOutcome, LinkedStopEvent
 from saffron_runtime.monitor.adapters import StreamingMonitor
 from saffron_runtime.search.config import SEARCH_FIELDS, SearchConfig, SearchFields
@@ -50,6 +52,22 @@ CALL_KWARGS = frozenset(SEARCH_FIELDS) | {
     "stream",
 }
 """Every setting a call (``invoke(..., **kw)``, ``.bind(**kw)``) may pass; others are errors."""
+
+STANDARD_IGNORED = frozenset({"api_key", "base_url", "timeout", "max_retries", "streaming"})
+"""LangChain's standard constructor settings of hosted models: accepted and ignored by a local model
+(so code written for any chat model runs); any other unknown setting is a ConfigError."""
+
+
+def _field_names(cls: type[Any]) -> set[str]:
+    """Every name a pydantic model's constructor accepts: field names and their aliases."""
+    names: set[str] = set()
+    for name, f in cls.model_fields.items():
+        names.add(name)
+        if f.alias:
+            names.add(f.alias)
+        va = f.validation_alias
+        names.update([va] if isinstance(va, str) else [c for c in getattr(va, "choices", []) if isinstance(c, str)])
+    return names
 
 
 class ChatSaffron(BaseChatModel, SearchFields):
@@ -106,6 +124,12 @@ class ChatSaffron(BaseChatModel, SearchFields):
     _remote: RemoteSaffron | None = PrivateAttr(None)
 
     def __init__(self, **data: Any) -> None:
+        unknown = sorted(set(data) - _field_names(type(self)) - STANDARD_IGNORED)
+        if unknown:  # langchain-core ignores unknown fields: a typo would silently do nothing
+            raise ConfigError(
+                f"ChatSaffron got unknown setting(s) {unknown}; see ChatSaffron's fields "
+                "(e.g. budget, max_tokens, method, monitor, on_violation)"
+            )
         try:
             super().__init__(**data)
         except ValidationError as e:
@@ -167,6 +191,10 @@ class ChatSaffron(BaseChatModel, SearchFields):
         return params
 
     # ------------------------------------------------------------------ one run
+    def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
+        """langchain-core's conversion, with a clear PromptError for bytes and unreadable input."""
+        return convert_input(model_input, super()._convert_input)
+
     def _settings(self, kwargs: dict[str, Any], stop: list[str] | None = None) -> SearchConfig:
         unknown = set(kwargs) - CALL_KWARGS
         if unknown:
@@ -192,6 +220,7 @@ class ChatSaffron(BaseChatModel, SearchFields):
         stop_event: threading.Event | None = None,
     ) -> tuple[GuardedGeneration, int, OnViolation]:
         cfg = self._settings(kwargs, stop)
+        check_messages(messages)
         engine = self._stack.engine_for(cfg.method)
         tok = engine.policy.tokenizer
         constraint, schema = output_constraint(tok, kwargs, self.json_max_string_length)
@@ -208,7 +237,7 @@ class ChatSaffron(BaseChatModel, SearchFields):
             check_prompt=self.check_prompt,
             constraint=constraint,
         )
-        return gen, len(ids), kwargs.get("on_violation", self.on_violation)
+        return gen, len(ids), validate_on_violation(kwargs.get("on_violation", self.on_violation))
 
     def _final(self, outcome: GuardedOutcome, n_prompt: int, on_violation: str, tools: Any) -> AIMessage:
         return final_message(

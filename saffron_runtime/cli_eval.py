@@ -19,7 +19,7 @@ eval_app = typer.Typer(help="Evaluate monitors and guarded generation.", no_args
 def eval_monitor_cmd(
     data: Annotated[Path, typer.Option(help="JSONL with prompt, response, label (1 = harmful).")],
     monitor: Annotated[
-        Path, typer.Option(help="Monitor folder (its saved rule and thresholds are used).")
+        str, typer.Option(help="Monitor folder (its saved rule and thresholds are used), or 'bundled'.")
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from saffron_runtime.constraints import Grammar
 from saffron_runtime.errors import Verdict
 from saffron_runtime.monitor.adapters import StreamingMonitor, prompt_checker
+from saffron_runtime.monitor.faults import open_session
 from saffron_runtime.monitor.session import MonitorSession
 from saffron_runtime.search.config import SearchConfig
 from saffron_runtime.search.engine import SearchEngine
@@ -103,7 +104,7 @@ class GuardedGeneration:
             prefill_ids=self.prefill_ids,
         )
         session: MonitorSession | None = (
-            self.monitor.open(self.prompt_text) if self.monitor else None
+            open_session(self.monitor, self.prompt_text) if self.monitor else None
         )
         out = self.outcome
         out.stats = stream.stats

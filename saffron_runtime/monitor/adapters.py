@@ -18,6 +18,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from saffron_runtime.errors import ConfigError, Verdict
+from saffron_runtime.monitor.faults import checked_score, encodable, fault_verdict
 from saffron_runtime.monitor.model import SCMMonitorModel
 from saffron_runtime.monitor.rules import MonitorRule
 from saffron_runtime.monitor.session import MonitorSession, SCMSession
@@ -42,14 +43,28 @@ class SCMMonitor:
         *,
         rule: MonitorRule | None = None,
         hold_back: int | None = None,
+        fail_open: bool = False,
+        max_text_chars: int = 65_536,
     ) -> None:
+        if max_text_chars < 1:
+            raise ConfigError(f"max_text_chars={max_text_chars} must be >= 1 character")
+        self.max_text_chars = max_text_chars  # a longer text fails closed instead of running for minutes
         self.model = model
         self.rule = rule or model.rule
         self.hold_back = model.hold_back if hold_back is None else hold_back
+        self.fail_open = fail_open  # a fault lets the stream through (logged) instead of stopping it
+        self.name = "scm"
 
     def open(self, prompt: str) -> SCMSession:
         """A session with its own KV cache."""
-        return SCMSession(self.model, prompt, rule=self.rule, hold_back=self.hold_back)
+        return SCMSession(
+            self.model,
+            prompt,
+            rule=self.rule,
+            hold_back=self.hold_back,
+            fail_open=self.fail_open,
+            max_text_chars=self.max_text_chars,
+        )
 
     def has_prompt_head(self) -> bool:
         """True when this monitor can judge requests before generation."""
@@ -98,13 +113,13 @@ class _RescoringSession:
     def _check(self) -> Verdict | None:
         self._calls += 1
         try:
-            s = float(self._score(self._text))
+            s = checked_score(self._score(self._text), f"monitor {self.name}")
         except Exception as e:  # noqa: BLE001 - any scorer fault is handled by policy
-            why = f"{type(e).__name__}: {e}"
-            if self.fail_open:
-                log.warning("monitor %s failed open: %s", self.name, why)
-                return None
-            self.verdict = Verdict.monitor_failure(why, position=len(self._text))
+            self.verdict = fault_verdict(
+                e, name=self.name, fail_open=self.fail_open, position=len(self._text)
+            )
+            if self.verdict is None:  # failed open: the text checked now passes unjudged
+                self._scored = len(self._text)
             return self.verdict
         if s >= self.theta:
             self.verdict = Verdict(
@@ -124,7 +139,9 @@ class _RescoringSession:
         """Add text; re-score when enough has arrived since the last check."""
         if self.verdict is not None:
             return self.verdict
-        self._text += text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+        self._text += encodable(
+            text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+        )
         if len(self._text) - self._scored >= self.every:
             return self._check()
         return None
@@ -169,7 +186,7 @@ class CallableMonitor:
     def _call_once(self, prompt: str, text: str) -> float:
         fut = self._pool.submit(self.fn, prompt, text)
         try:
-            return float(fut.result(timeout=self.timeout_s))
+            return checked_score(fut.result(timeout=self.timeout_s), f"monitor {self.name}")
         except cf.TimeoutError as e:
             fut.cancel()  # a hung scorer keeps its worker thread, but the stream does not wait for it
             raise TimeoutError(f"{self.name} did not answer within {self.timeout_s} s") from e

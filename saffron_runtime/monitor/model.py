@@ -119,13 +119,20 @@ class SCMMonitorModel(torch.nn.Module):
             raise ModelLoadError(
                 "this monitor has no prompt head; train one with the prompt-head option"
             )
-        ids = torch.tensor([self.prefix_ids(prompt)], device=self.device)
+        ids = torch.tensor([self.prefix_ids(prompt)[-self.context_tokens :]], device=self.device)
         hidden, _ = self.hidden_states(ids)
         return float(
             torch.softmax(
                 self.prompt_head(hidden[0, -1].to(self.prompt_head.weight.dtype)).float(), -1
             )[1]
         )
+
+    @property
+    def context_tokens(self) -> int:
+        """How many tokens the backbone reads at once (its ``max_position_embeddings``, else 2048):
+        the monitor's sliding window over longer texts."""
+        body = self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
+        return int(getattr(body.config, "max_position_embeddings", None) or 2048)
 
     @property
     def device(self) -> torch.device:

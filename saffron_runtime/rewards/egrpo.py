@@ -10,9 +10,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from saffron_runtime.errors import ConfigError
 from saffron_runtime.rewards.entities import MatchOptions, match_rate
+
+
+def _is_flag(item: Any) -> bool:
+    """A bool, 0 / 1, or a NumPy / Torch boolean scalar: anything but ``None`` or a string."""
+    if isinstance(item, bool):
+        return True
+    if isinstance(item, int):
+        return item in (0, 1)
+    return getattr(item, "ndim", None) == 0 and "bool" in str(getattr(item, "dtype", ""))
+
+
+def _sequence(name: str, value: Any, kind: Any, what: str) -> list[Any]:
+    """``value`` as a list of ``kind``; a :class:`ConfigError` naming the argument otherwise."""
+    if value is None or isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ConfigError(
+            f"{name} must be a list of {what}, got {type(value).__name__}"
+        )
+    for i, item in enumerate(value):
+        if not (kind(item) if callable(kind) and not isinstance(kind, type) else isinstance(item, kind)):
+            raise ConfigError(
+                f"{name}[{i}] is {item!r} ({type(item).__name__}); {name} holds {what}"
+            )
+    return list(value)
 
 
 def normalised_rates(rates: Sequence[float]) -> list[float]:
@@ -30,7 +54,17 @@ def egrpo_rewards(
     errors: Sequence[bool] | None = None,
     options: MatchOptions | None = None,
 ) -> list[float]:
-    """Rewards of one group: 1 if correct, ``alpha * gamma_hat`` if wrong, 0 on an error/overlength."""
+    """Rewards of one group: 1 if correct, ``alpha * gamma_hat`` if wrong, 0 on an error/overlength.
+
+    Every list is checked first: ``None`` or a flag that is not a bool (``[None]``) is a
+    :class:`ConfigError`, not a silent 0 (an unchecked answer must not read as a wrong one).
+    An empty group gives ``[]``.
+    """
+    thoughts = _sequence("thoughts", thoughts, str, "strings (the rollouts' thoughts, one per rollout)")
+    entities = _sequence("entities", entities, str, "strings (the gold entities)")
+    correct = _sequence("correct", correct, _is_flag, "bools (was each final answer right, one per rollout)")
+    if errors is not None:
+        errors = _sequence("errors", errors, _is_flag, "bools (format error or overlength)")
     n = len(thoughts)
     if len(correct) != n:
         raise ConfigError(

@@ -7,7 +7,7 @@ them, so a default or a bound lives in one place.
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from saffron_runtime.config import Settings
 from saffron_runtime.search_fields import METHODS, SEARCH_FIELDS, Method, SearchFields
@@ -23,3 +23,10 @@ class SearchConfig(Settings, SearchFields):
 
     stop: list[str] = Field(default_factory=list)
     """Strings that end a beam as EOS does."""
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, v: list[str]) -> list[str]:
+        if any(s == "" for s in v):  # "" occurs everywhere: it would end every answer at once
+            raise ValueError("an empty stop string would end the answer at its first token; drop it")
+        return v

@@ -263,3 +263,38 @@ def test_a_raising_guard_stops_the_search_too(parts):
     model = chat(parts, monitor=None, max_tokens=40, min_new_tokens=40, max_commit_lag=1)
     with pytest.raises(GuardrailViolation):
         model.invoke("go", config={"callbacks": [SaffronGuardCallbackHandler(CallableMonitor(flag_long, every_chars=1))]})
+
+
+@pytest.mark.parametrize("method", ["saffron", "greedy"])
+def test_a_stop_arriving_mid_step_ends_the_search_after_that_step(parts, tiny, monkeypatch, method):
+    """The stop is set from inside the policy's forward (mid-step, as a consumer thread could at any
+    moment): the step in flight finishes, and no policy forward of a later step runs."""
+    model = chat(parts, monitor=None, method=method, max_tokens=40, min_new_tokens=40)
+    ids = model.engine.chat_prompt_ids("go")
+    cfg = SearchConfig(method=method, budget=3, max_new_tokens=40, min_new_tokens=40)
+    calls: list[int] = []
+    real = tiny.policy.forward
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiny.policy, "forward", counting)
+    free = GuardedGeneration(model.engine, None, ids, cfg, prompt_text="go")
+    list(free)
+    per_step = len(calls) / free.outcome.stats.steps  # policy forwards one step costs
+    calls.clear()
+    stop = threading.Event()
+
+    def stopping(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 6:
+            stop.set()  # arrives while this forward (step) is running
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiny.policy, "forward", stopping)
+    gen = GuardedGeneration(model.engine, None, ids, cfg, prompt_text="go", stop_event=stop)
+    list(gen)
+    assert stop.is_set() and gen.outcome.stats.stopped
+    assert len(calls) - 6 <= per_step, (len(calls), per_step)  # at most the rest of the step in flight
+    assert gen.outcome.stats.steps < free.outcome.stats.steps

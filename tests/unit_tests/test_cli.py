@@ -26,10 +26,28 @@ def test_info_reports_versions_cache_and_smollm2(monkeypatch, tmp_path):
     assert "converts on first use" in res.output
 
 
+def leaf_commands(group=None, path=()):
+    """Every runnable command of the app, found by walking typer's click tree (groups included)."""
+    import typer
+
+    group = group or typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        if getattr(cmd, "commands", None):  # a group (typer's own click, so no isinstance)
+            yield from leaf_commands(cmd, (*path, name))
+        else:
+            yield (*path, name)
+
+
 def test_every_command_has_help_with_an_example():
-    for cmd in ("info", "demo"):
-        res = runner.invoke(app, [cmd, "--help"])
-        assert res.exit_code == 0 and "Example:" in res.output
+    commands = list(leaf_commands())
+    assert len(commands) >= 10 and ("eval", "monitor") in commands and ("train", "mrm") in commands
+    missing = []
+    for cmd in commands:
+        res = runner.invoke(app, [*cmd, "--help"])
+        assert res.exit_code == 0, (cmd, res.output)
+        if "Example:" not in res.output or f"saffron {' '.join(cmd)}" not in res.output:
+            missing.append(" ".join(cmd))
+    assert not missing, f"commands whose --help shows no example of themselves: {missing}"
 
 
 def test_bad_option_is_one_line():

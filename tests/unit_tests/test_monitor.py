@@ -192,6 +192,45 @@ def test_classifier_monitor_sliding_window(tiny):
     assert fires.feed_text(TEXT[:8]).rule == "classifier-threshold"
 
 
+def test_classifier_window_is_exactly_the_last_tokens(tiny):
+    """The score is the classifier's softmax on the last ``window_tokens`` ids of (prompt, text), computed
+    here by hand; editing a token inside the window moves it, editing one outside does not."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(1)
+    clf = LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tiny.tokenizer), hidden_size=32,
+                                                     intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                                     num_key_value_heads=1, num_labels=2,
+                                                     pad_token_id=tiny.tokenizer.pad_token_id)).eval()
+    mon = ClassifierMonitor(clf, tiny.tokenizer, window_tokens=6, theta=1.1)
+    ids = tiny.tokenizer("p", TEXT)["input_ids"][-6:]
+    with torch.no_grad():
+        expected = float(torch.softmax(clf(input_ids=torch.tensor([ids])).logits[0].float(), -1)[1])
+    assert mon.score("p", TEXT) == pytest.approx(expected, abs=1e-6)
+    assert mon.score("p", "XYZ " + TEXT[4:]) == pytest.approx(expected, abs=1e-6)  # outside the window
+    assert mon.score("p", TEXT[:-4] + "QQQQ") != pytest.approx(expected, abs=1e-6)  # inside it
+
+
+def test_scm_window_slides_past_the_context_and_stays_chunking_invariant(monitor_model):
+    """Past the backbone's context (1024 for the tiny model) the cache is rebuilt from the prompt and the
+    last half-context; the slide points are fixed token counts, so any chunking gives the same scores."""
+    text = "the plan café make " * 300  # ~2000 tokens
+    mon = SCMMonitor(monitor_model, rule=MonitorRule(theta=1.0, k=4096), max_text_chars=10**6)
+    whole_s = mon.open(PROMPT)
+    assert whole_s.feed_text(text) is None and whole_s.finish() is None
+    chunked = mon.open(PROMPT)
+    for i in range(0, len(text), 97):
+        assert chunked.feed_text(text[i : i + 97]) is None
+    assert chunked.finish() is None
+    assert whole_s.tokens_seen > monitor_model.context_tokens and whole_s._pos <= monitor_model.context_tokens
+    assert chunked._ids == whole_s._ids
+    assert chunked.token_scores == pytest.approx(whole_s.token_scores, abs=1e-5)
+    # inside the first window the scores equal one uncached forward; past it they are the window's
+    n = 200
+    ref_tok, _ = monitor_model.score(PROMPT, whole_s._ids[:n])
+    assert whole_s.token_scores[:n] == pytest.approx(ref_tok.tolist(), abs=1e-5)
+
+
 def test_sixteen_concurrent_streams_match_their_solo_verdicts(monitor_model):
     texts = [f"{w} the plan {i} café make" * 2 for i, w in enumerate(["bomb", "cake", "water", "help"] * 4)]
     solo_scores = [max(whole(monitor_model, t)[0].token_scores) for t in texts]
