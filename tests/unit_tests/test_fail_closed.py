@@ -208,3 +208,32 @@ def test_middleware_fail_open_keeps_the_answer(tiny, caplog):
             {"messages": [HumanMessage("q")]})
     assert out["messages"][-1].content == BENIGN and not guard.verdicts
     assert any("failed open" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------- guard(model)
+@pytest.mark.parametrize("mode", ["invoke", "stream", "astream"])
+@pytest.mark.parametrize("fault", FAULTS)
+def test_guard_model_stops_with_monitor_failed(tiny, fault, mode):
+    from langchain_saffron import guard
+
+    guarded = guard(fake(), faulty(tiny, fault))
+    with pytest.raises(GuardrailViolation) as e:
+        if mode == "invoke":
+            guarded.invoke("q")
+        elif mode == "stream":
+            "".join(str(c.content) for c in guarded.stream("q"))
+        else:
+
+            async def collect() -> str:
+                return "".join([str(c.content) async for c in guarded.astream("q")])
+
+            asyncio.run(collect())
+    assert_failed(e.value.verdict, fault)
+
+
+def test_guard_model_fail_open_lets_the_text_through(tiny, caplog):
+    from langchain_saffron import guard
+
+    with caplog.at_level(logging.WARNING, logger="saffron_runtime.monitor"):
+        out = guard(fake(), faulty(tiny, "callable-nan", fail_open=True)).invoke("q")
+    assert out.content == BENIGN and any("failed open" in r.getMessage() for r in caplog.records)
