@@ -174,17 +174,18 @@ class TrieKVCache:
             # reuse the slot of an already-cached last token, allocate the rest
             existing_last = node.children.get(rest[0]) if n_new == 1 else None
             slots = [existing_last.slot] if existing_last is not None else pool.alloc(n_new)
-            att = torch.cat([mask, torch.ones((1, n_new), dtype=torch.long)], dim=1)
-            pos = torch.arange(node.depth, node.depth + n_new).unsqueeze(0)
+            dev = pool.device
+            att = torch.cat([mask, torch.ones((1, n_new), dtype=torch.long, device=dev)], dim=1)
+            pos = torch.arange(node.depth, node.depth + n_new, device=dev).unsqueeze(0)
             logits, hidden, cache = self._forward(
-                torch.tensor([rest]), att, pos, cache, True, want_hidden
+                torch.tensor([rest], device=dev), att, pos, cache, True, want_hidden
             )
-            write_back(pool, cache, torch.tensor(slots), n_new)
+            write_back(pool, cache, torch.tensor(slots, device="cpu"), n_new)
             for t, s in zip(rest, slots, strict=True):
                 child = node.children.get(t)
                 node = child if child is not None else self._new_child(node, t, s)
                 self._touch(node)
-            node.path = torch.cat([past, torch.tensor(slots, dtype=torch.long)])
+            node.path = torch.cat([past, torch.tensor(slots, dtype=torch.long, device="cpu")])
             self.stats.hits += matched
             self.stats.misses += n_new if existing_last is None else 0
             self.stats.tokens_computed += n_new
@@ -221,16 +222,17 @@ class TrieKVCache:
             new_pairs = [(p, t) for p, t in order if t not in p.children]
             fresh = iter(pool.alloc(len(new_pairs)))
             slots = [p.children[t].slot if t in p.children else next(fresh) for p, t in order]
-            att = torch.cat([mask, torch.ones((len(order), 1), dtype=torch.long)], dim=1)
-            pos = torch.tensor([[p.depth] for p, _ in order])
-            ids = torch.tensor([[t] for _, t in order])
+            dev = pool.device
+            att = torch.cat([mask, torch.ones((len(order), 1), dtype=torch.long, device=dev)], dim=1)
+            pos = torch.tensor([[p.depth] for p, _ in order], device=dev)
+            ids = torch.tensor([[t] for _, t in order], device=dev)
             logits, hidden, cache = self._forward(ids, att, pos, cache, want_logits, want_hidden)
-            slot_t = torch.tensor(slots, dtype=torch.long)
+            slot_t = torch.tensor(slots, dtype=torch.long, device="cpu")
             write_back(pool, cache, slot_t, 1)
             nodes = []
             for (p, t), s, path in zip(order, slots, paths, strict=True):
                 child = p.children.get(t) or self._new_child(p, t, s)
-                child.path = torch.cat([path, torch.tensor([s], dtype=torch.long)])
+                child.path = torch.cat([path, torch.tensor([s], dtype=torch.long, device="cpu")])
                 self._touch(child)
                 self._touch(p)
                 nodes.append(child)
@@ -243,7 +245,7 @@ class TrieKVCache:
             if session is not None:
                 session.pin(nodes)
             self._after_write()
-            idx = torch.tensor(row_of)
+            idx = torch.tensor(row_of, device=dev)
             return StepOutput(
                 nodes=[nodes[r] for r in row_of],
                 logits=logits[idx] if logits is not None else None,

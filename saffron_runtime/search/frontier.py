@@ -165,8 +165,10 @@ class FrontierSearch(SearchMethod):
         reward_nodes: list[TrieNode] | None = None,
     ) -> Candidates:
         """Candidates with their beams' summed log-probabilities and the objective's keys."""
-        parent_logprob = torch.tensor([p.logprob for p in parents], dtype=child_logprobs.dtype)
-        logprobs = parent_logprob.to(child_logprobs.device) + child_logprobs
+        parent_logprob = torch.tensor(
+            [p.logprob for p in parents], dtype=child_logprobs.dtype, device=child_logprobs.device
+        )
+        logprobs = parent_logprob + child_logprobs
         length = len(parents[0].ids) + 1 if parents else 1
         keys = self.objective(rewards.float(), logprobs.float(), length)
         return Candidates(parents, tokens, rewards, reward_nodes, logprobs, keys)
