@@ -134,3 +134,52 @@ def test_bfloat16_search_and_monitor_end_to_end(method):
     session.finish()
     assert session.tokens_seen > 0
     assert all(0.0 <= s <= 1.0 for s in session.token_scores)
+
+
+def test_chat_saffron_device_and_dtype_reach_every_loaded_model(saved):
+    from langchain_saffron import ChatSaffron
+
+    chat = ChatSaffron(policy=str(saved / "policy"), mrm=str(saved / "mrm"), monitor=str(saved / "monitor"),
+                       device="cpu", dtype="bfloat16", max_new_tokens=4, budget=2)
+    stack = chat.stack
+    assert stack.policy.model.dtype == torch.bfloat16
+    assert stack.mrm.model.dtype == torch.bfloat16
+    assert next(stack.monitor_model.backbone.parameters()).dtype == torch.bfloat16
+    msg = chat.invoke("how make cake")
+    assert msg.response_metadata["saffron"]["stats"]["steps"] == 4
+    default = ChatSaffron(policy=str(saved / "policy"), mrm=None, monitor=None, method="greedy")
+    assert default.stack.policy.model.dtype == torch.float32 and default.stack.device.type == "cpu"
+
+
+def test_device_and_dtype_errors_name_the_accepted_values(saved):
+    from saffron_runtime.errors import ConfigError
+    from saffron_runtime.stack import StackOptions
+
+    with pytest.raises(ConfigError, match="dtype='float8'.*bfloat16"):
+        StackOptions(policy=str(saved / "policy"), dtype="float8")
+    with pytest.raises(ConfigError, match="not a torch device"):
+        StackOptions(policy=str(saved / "policy"), device="gpu0")
+
+
+def test_cli_generate_takes_device_and_dtype(saved, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    import saffron_runtime.stack as stack_module
+    from saffron_runtime.cli import app
+
+    built = []
+    real = stack_module.build_stack
+
+    def spy(options=None, **kw):
+        built.append(real(options, **kw))
+        return built[-1]
+
+    monkeypatch.setattr(stack_module, "build_stack", spy)
+    res = CliRunner().invoke(app, ["generate", "--prompt", "how make cake", "--policy", str(saved / "policy"),
+                                   "--mrm", str(saved / "mrm"), "--monitor", "none", "--device", "cpu",
+                                   "--dtype", "bfloat16", "--max-new-tokens", "3", "--budget", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["stats"]["steps"] == 3
+    assert built[0].policy.model.dtype == torch.bfloat16 and built[0].mrm.model.dtype == torch.bfloat16
