@@ -1,8 +1,14 @@
-"""Streaming monitor overhead: per-token cost at position 16 vs 512, and SmolLM2 generation
-with and without the monitor watching, in one run. The monitor is the size of SmolLM2 (SmolLM2's own
-backbone with random heads: the cost does not depend on the heads' training).
+"""Streaming monitor overhead: per-token cost at position 16 vs 512, and SmolLM2 generation with and
+without the monitor watching, in one run. The separate-path monitor is the size of SmolLM2 (SmolLM2's
+own backbone with random heads: the cost does not depend on the heads' training).
 
-    python benchmarks/monitor_overhead.py [--json] [--gen-tokens 64]
+The default ChatSaffron stack (SmolLM2, bundled MRM, bundled heads monitor on the policy's own hidden
+states) is measured guarded and unguarded on the same engine, greedy and Saffron
+(``stack_guarded_over_unguarded``), and the heads' own cost per token on the shared path
+(``heads_ms_per_token_at_16`` / ``_at_512``: scoring a committed token from the hidden state its
+trie node kept, bookkeeping included).
+
+    python benchmarks/monitor_overhead.py [--json] [--gen-tokens 64] [--stack-tokens 32] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -12,9 +18,13 @@ import time
 import torch
 from _common import parser, report, setup
 
+from saffron_runtime.guarded import GuardedGeneration
 from saffron_runtime.models import load_policy
 from saffron_runtime.models.kv import kv_kwargs, returned_kv
 from saffron_runtime.monitor import MonitorRule, SCMMonitor, SCMMonitorModel
+from saffron_runtime.monitor.shared import SharedHiddenSession
+from saffron_runtime.search import SearchConfig
+from saffron_runtime.stack import Stack, StackOptions, build_stack
 
 PROMPT = "Write a long, friendly story about a lighthouse keeper and the sea."
 
@@ -43,9 +53,67 @@ def generate(model, tok, n: int, monitor: SCMMonitor | None) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def stack_tokens_per_s(stack: Stack, method: str, n: int, watched: bool) -> tuple[float, str | None]:
+    """Tokens/s of one guarded generation on the stack's engine (the monitor on or off)."""
+    engine = stack.engine_for(method)
+    config = SearchConfig(method=method, max_new_tokens=n, budget=4)
+    monitor = stack.streaming_monitor if watched else None
+    gen = GuardedGeneration(engine, monitor, engine.chat_prompt_ids(PROMPT), config, prompt_text=PROMPT)
+    t0 = time.perf_counter()
+    for _ in gen:
+        pass
+    wall = time.perf_counter() - t0
+    produced = gen.outcome.stats.steps if gen.outcome.stats else n
+    return produced / wall, gen.outcome.monitor_path
+
+
+def stack_ratios(stack: Stack, n: int, repeats: int) -> dict[str, object]:
+    """Guarded over unguarded tokens/s per method, alternating runs so noise hits both alike."""
+    out: dict[str, object] = {}
+    for method in ("greedy", "saffron"):
+        stack_tokens_per_s(stack, method, 4, True)  # warm-up (loads, first-call costs)
+        on, off, path = [], [], None
+        for _ in range(repeats):
+            rate, path = stack_tokens_per_s(stack, method, n, True)
+            on.append(rate)
+            off.append(stack_tokens_per_s(stack, method, n, False)[0])
+        out[f"stack_{method}_guarded_tokens_per_s"] = sum(on) / len(on)
+        out[f"stack_{method}_unguarded_tokens_per_s"] = sum(off) / len(off)
+        out[f"stack_{method}_monitor_path"] = path
+    out["stack_guarded_over_unguarded"] = {
+        m: out[f"stack_{m}_guarded_tokens_per_s"] / out[f"stack_{m}_unguarded_tokens_per_s"]  # type: ignore[operator]
+        for m in ("greedy", "saffron")
+    }
+    return out
+
+
+@torch.no_grad()
+def heads_ms(stack: Stack, ids: list[int], at: int, n: int = 32) -> float:
+    """Per-token cost of the shared path at position ``at``: hidden states already on the trie."""
+    engine, model = stack.engine, stack.monitor_model
+    assert model is not None
+    cache = engine.policy_cache
+    context = engine.chat_prompt_ids(PROMPT)
+    cache.hold_hidden()
+    try:
+        cache.prefill(context + ids[: at + n + 1])  # the policy's forward keeps every hidden state
+        session = SharedHiddenSession(model, PROMPT, cache, context)
+        session.feed_tokens(ids[:at])
+        t0 = time.perf_counter()
+        for i in range(at, at + n):
+            session.feed_tokens([ids[i]])
+        elapsed = time.perf_counter() - t0
+        session.close()
+    finally:
+        cache.release_hidden()
+    return elapsed / n * 1000
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--gen-tokens", type=int, default=64)
+    p.add_argument("--stack-tokens", type=int, default=32, help="new tokens per stack generation")
+    p.add_argument("--repeats", type=int, default=2, help="alternating guarded/unguarded pairs")
     args = p.parse_args()
     setup(args)
     policy = load_policy("smollm2", dtype="float32")
@@ -61,6 +129,13 @@ def main() -> None:
     r["unguarded_tokens_per_s"] = generate(policy.model, policy.tokenizer, args.gen_tokens, None)
     r["guarded_tokens_per_s"] = generate(policy.model, policy.tokenizer, args.gen_tokens, monitor)
     r["guarded_over_unguarded"] = r["guarded_tokens_per_s"] / r["unguarded_tokens_per_s"]
+    del policy, backbone, mm, monitor
+    stack = build_stack(StackOptions(policy="smollm2", mrm="bundled", monitor="bundled", methods=("saffron",)))
+    heads_ms(stack, ids, 16)  # warm-up
+    r["heads_ms_per_token_at_16"] = heads_ms(stack, ids, 16)
+    r["heads_ms_per_token_at_512"] = heads_ms(stack, ids, 512)
+    stack.engine.reset_caches()
+    r.update(stack_ratios(stack, args.stack_tokens, args.repeats))
     report(args, "streaming monitor overhead (SmolLM2-135M-Instruct size)", r)
 
 

@@ -25,6 +25,7 @@ def saffron_metadata(outcome: GuardedOutcome, on_violation: str, model_name: str
             "verdicts": [v.to_dict() for v in outcome.verdicts],
             "stats": stats.to_dict() if stats else {},
             "score": outcome.result.score if outcome.result else None,
+            "monitor_path": outcome.monitor_path,
         },
         "model_name": model_name,
     }

@@ -102,6 +102,11 @@ class ChatSaffron(BaseChatModel, SearchFields):
     head), "bundled", a monitor folder, a monitor or PRM object, or None (Best-of-N ranks by the MRM)."""
     tokenizer: Any = None
     """The policy's tokenizer, required when ``policy`` is a model object."""
+    device: str | None = None
+    """Where the models run: "cpu", "cuda", "cuda:1", "mps". None: models loaded by name or path run
+    on the CPU and a model given as an object stays where it is; the MRM and monitor follow the policy."""
+    dtype: str | None = None
+    """The models' dtype: "float32", "bfloat16" or "float16". None: each checkpoint's own dtype."""
     on_violation: OnViolation = "raise"
     """What a blocked answer becomes: "raise", "refuse" (``refusal_message``) or "truncate"."""
     check_prompt: bool = False
@@ -145,6 +150,8 @@ class ChatSaffron(BaseChatModel, SearchFields):
             monitor=self.monitor,
             prm=self.prm,
             methods=(self.method,),
+            device=self.device,
+            dtype=self.dtype,
         )
         self._stack = build_stack(options)
 

@@ -140,6 +140,13 @@ def generate(
         str,
         typer.Option(help="Monitor folder watching the stream, 'bundled', or 'none'."),
     ] = "bundled",
+    device: Annotated[
+        str | None, typer.Option(help="Where the models run: cpu, cuda, cuda:N or mps (default cpu).")
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="float32, bfloat16 or float16 (default: each checkpoint's own dtype)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Generate one answer under a search method, watched by a monitor (the bundled ones by default).
@@ -151,7 +158,16 @@ def generate(
 
     quiet()
     watch = None if monitor.lower() == "none" else monitor
-    stack = build_stack(StackOptions(policy=policy, mrm=mrm, monitor=watch, methods=(search.method,)))
+    stack = build_stack(
+        StackOptions(
+            policy=policy,
+            mrm=mrm,
+            monitor=watch,
+            methods=(search.method,),
+            device=device,
+            dtype=dtype,
+        )
+    )
     engine = stack.engine_for(search.method)
     gen = GuardedGeneration(
         engine, stack.streaming_monitor, engine.chat_prompt_ids(prompt), search, prompt_text=prompt

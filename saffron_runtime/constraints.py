@@ -174,9 +174,10 @@ class ConstraintState:
         """Boolean mask ``[vocab]`` of the tokens the grammar allows next (EOS only once complete)."""
         import llguidance.torch as llt
 
-        bitmask = llt.allocate_token_bitmask(1, self.vocab_size)
+        with torch.device("cpu"):  # llguidance fills a host bitmask; GrammarBan moves the mask
+            bitmask = llt.allocate_token_bitmask(1, self.vocab_size)
         llt.fill_next_token_bitmask(self._m, bitmask, 0)
-        shifts = torch.arange(32, dtype=torch.int32)
+        shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
         bits = ((bitmask[0].unsqueeze(-1) >> shifts) & 1).flatten()[: self.vocab_size]
         return bits.bool()
 

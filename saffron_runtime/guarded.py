@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from saffron_runtime.constraints import Grammar
 from saffron_runtime.errors import Verdict
 from saffron_runtime.monitor.adapters import StreamingMonitor, prompt_checker
-from saffron_runtime.monitor.faults import open_session
-from saffron_runtime.monitor.session import MonitorSession
+from saffron_runtime.monitor.shared import MonitorPath, SharedHiddenSession, open_session
 from saffron_runtime.search.config import SearchConfig
 from saffron_runtime.search.engine import SearchEngine
 from saffron_runtime.search.result import SearchResult, SearchStats
@@ -46,6 +45,9 @@ class GuardedOutcome:
     steps_after_verdict: int = 0
     verdicts: list[Verdict] = field(default_factory=list)
     stats: SearchStats | None = None
+    monitor_path: MonitorPath | None = None
+    """How the monitor read the stream: "shared" (heads on the policy's own hidden states, no
+    second forward), "separate" (its own forward of re-tokenised text, or its own scorer), or None."""
 
     @property
     def blocked(self) -> bool:
@@ -95,6 +97,7 @@ class GuardedGeneration:
             self._block(verdict)
             return
         needs_text = self.config.method in ("saffron", "prm_beam", "best_of_n")
+        out = self.outcome
         stream = self.engine.stream(
             self.prompt_ids,
             self.config,
@@ -103,10 +106,14 @@ class GuardedGeneration:
             constraint=self.constraint,
             prefill_ids=self.prefill_ids,
         )
-        session: MonitorSession | None = (
-            open_session(self.monitor, self.prompt_text) if self.monitor else None
+        session, out.monitor_path = open_session(
+            self.monitor,
+            self.prompt_text,
+            self.engine.policy_cache,
+            self.engine.policy.tokenizer,
+            self.prompt_ids + self.prefill_ids,
         )
-        out = self.outcome
+        shared = session if isinstance(session, SharedHiddenSession) else None
         out.stats = stream.stats
         gen = iter(stream)
         try:
@@ -117,7 +124,10 @@ class GuardedGeneration:
                         out.released += chunk.text
                         yield chunk.text
                     continue
-                verdict = session.feed_text(chunk.text) if chunk.text else None
+                if shared is not None:  # the policy's own ids, scored from its trie's hidden states
+                    verdict = shared.feed_tokens(chunk.token_ids) if chunk.token_ids else None
+                else:
+                    verdict = session.feed_text(chunk.text) if chunk.text else None
                 delta = session.release()
                 if delta:
                     out.released += delta
@@ -136,6 +146,8 @@ class GuardedGeneration:
                     return
         finally:
             gen.close()  # ends the search now if it is still running
+            if shared is not None:
+                shared.close()
             out.result = stream.result
             if out.verdict is not None:
                 out.steps_after_verdict = stream.stats.steps - self._steps_at_verdict

@@ -33,13 +33,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import ConfigDict, field_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from saffron_runtime.bundled import BUNDLED, DEFAULT_MONITOR, resolve_bundled
 from saffron_runtime.config import Settings
 from saffron_runtime.errors import ConfigError
-from saffron_runtime.models.loading import LoadedModel, load_policy
+from saffron_runtime.models.loading import LoadedModel, load_policy, resolve_dtype
 from saffron_runtime.models.mrm import MultifurcationRewardModel
 from saffron_runtime.models.mrm_io import load_mrm
 from saffron_runtime.models.smollm2 import SMOLLM2_ALIASES, speaks_smollm2
@@ -72,6 +73,31 @@ class StackOptions(Settings):
     """The process reward model of PRM beam search and the Best-of-N ranker."""
     methods: tuple[Method, ...] = ()
     """Methods whose models are loaded now (a method named here that cannot run is an error now)."""
+    device: str | None = None
+    """Where every loaded model runs ("cpu", "cuda", "cuda:1", "mps"). None: a model given as an
+    object stays where it is, models loaded by name or path go to the CPU; the MRM and monitor
+    loaded here follow the policy's device."""
+    dtype: str | None = None
+    """The dtype of models loaded here ("float32", "bfloat16", "float16"). None: each checkpoint's
+    own dtype (the policy, the MRM) and float32 for a monitor with its own backbone, as before;
+    a model given as an object is cast only when this is set."""
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype_name(cls, v: str | None) -> str | None:
+        if v is not None:
+            resolve_dtype(v)  # raises ConfigError naming the accepted dtypes
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                torch.device(v)
+            except (RuntimeError, TypeError) as e:
+                raise ValueError(f"{v!r} is not a torch device; use cpu, cuda, cuda:N or mps") from e
+        return v
 
     @field_validator("policy")
     @classmethod
@@ -115,9 +141,34 @@ def _is_auto(v: Any) -> bool:
 
 
 def _load_policy(opts: StackOptions) -> LoadedModel:
-    if isinstance(opts.policy, LoadedModel):
-        return opts.policy
-    return load_policy(opts.policy, tokenizer=opts.tokenizer, chat=True)
+    if isinstance(opts.policy, (LoadedModel, PreTrainedModel)):
+        loaded = opts.policy if isinstance(opts.policy, LoadedModel) else load_policy(
+            opts.policy, tokenizer=opts.tokenizer, chat=True, device=_device_of(opts.policy)
+        )
+        place(loaded.model, opts.device, opts.dtype)  # an object moves only when asked to
+        return loaded
+    return load_policy(
+        opts.policy,
+        tokenizer=opts.tokenizer,
+        chat=True,
+        dtype=opts.dtype or "auto",
+        device=opts.device or "cpu",
+    )
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def place(model: torch.nn.Module, device: str | None, dtype: str | None) -> torch.nn.Module:
+    """Move ``model`` to ``device`` and cast it to ``dtype`` (each only when given)."""
+    if device is not None and _device_of(model) != torch.device(device):
+        model.to(device)
+    if dtype is not None:
+        wanted = resolve_dtype(dtype)
+        if isinstance(wanted, torch.dtype) and next(model.parameters()).dtype != wanted:
+            model.to(wanted)
+    return model
 
 
 class Stack:
@@ -126,6 +177,8 @@ class Stack:
     def __init__(self, options: StackOptions) -> None:
         self.options = options
         self.policy = _load_policy(options)
+        self.device = _device_of(self.policy.model)
+        """The policy's device: the MRM and monitor loaded here run on it too."""
         self._lock = threading.RLock()
         self._speaks: bool | None = None
         self._scm: dict[str, SCMMonitorModel] = {}  # monitor folders loaded once, shared by roles
@@ -190,7 +243,12 @@ class Stack:
             if not self.speaks_smollm2:
                 return None
             spec = BUNDLED
-        return load_mrm(spec, policy_tokenizer=self.policy.tokenizer)
+        return load_mrm(
+            spec,
+            policy_tokenizer=self.policy.tokenizer,
+            dtype=self.options.dtype or "auto",
+            device=self.device,
+        )
 
     # ------------------------------------------------------------------ monitor
     def _load_monitor(self, spec: Any) -> StreamingMonitor | None:
@@ -218,7 +276,8 @@ class Stack:
             shared: dict[str, Any] = {}
             if _backbone_ref(folder) in SMOLLM2_ALIASES and self.speaks_smollm2:
                 shared = {"backbone": self.policy.model, "tokenizer": self.policy.tokenizer}
-            self._scm[key] = load_monitor(spec, **shared)
+            model = load_monitor(spec, **shared, dtype=self.options.dtype or "float32")
+            self._scm[key] = model.to(self.device)
         return self._scm[key]
 
     # ------------------------------------------------------------------ PRM

@@ -21,6 +21,7 @@ class TrieNode:
         "last_access",
         "payload",
         "path",
+        "hidden",
         "tree",
         "__weakref__",
     )
@@ -35,6 +36,9 @@ class TrieNode:
         self.last_access = 0
         self.payload: Any = None
         self.path: torch.Tensor | None = None  # slot path, cached only while on a frontier
+        # the model's last hidden state at this token, kept only while a reader asks for it
+        # (TrieKVCache.keep_hidden): a shared monitor's heads score it; freed with the node
+        self.hidden: torch.Tensor | None = None
         # which tree the node belongs to (its root's marker): a cleared trie's nodes are not ours
         self.tree: object = parent.tree if parent is not None else object()
 

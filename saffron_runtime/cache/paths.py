@@ -1,5 +1,7 @@
 """Batched gather and scatter of path KV between the token pool and a transformers cache.
 
+Paths are host (CPU) tensors of slot numbers; the gathered KV and the mask live on the pool's device.
+
 A node's path is the slots of its tokens from the root. A frontier's paths are gathered with one
 ``index_select`` per layer into a left-padded ``DynamicCache`` (whose tensors are adopted, not
 copied again), and the new tokens' KV is written back into their slots after the forward.
@@ -22,7 +24,7 @@ def path_of(node: TrieNode) -> torch.Tensor:
     while n.parent is not None:
         slots.append(n.slot)
         n = n.parent
-    return torch.tensor(slots[::-1], dtype=torch.long)
+    return torch.tensor(slots[::-1], dtype=torch.long, device="cpu")
 
 
 def gather_paths(
@@ -33,13 +35,14 @@ def gather_paths(
     Example: paths of lengths 2 and 3 give a cache of width 3; row 0's mask is ``[0, 1, 1]``.
     """
     width = max(int(p.shape[0]) for p in paths)
-    index = torch.zeros((len(paths), width), dtype=torch.long)
-    mask = torch.zeros((len(paths), width), dtype=torch.long)
+    # filled row by row on the host (paths are host tensors), then moved in one copy each
+    index = torch.zeros((len(paths), width), dtype=torch.long, device="cpu")
+    mask = torch.zeros((len(paths), width), dtype=torch.long, device="cpu")
     for i, p in enumerate(paths):
         if p.shape[0]:
             index[i, width - p.shape[0] :] = p
             mask[i, width - p.shape[0] :] = 1
-    index = index.to(pool.device)
+    index, mask = index.to(pool.device), mask.to(pool.device)
     layers = [pool.gather(layer, index) for layer in range(pool.n_layers)] if width else []
     cache = DynamicCache(config=config)
     for layer, (k, v) in enumerate(layers):

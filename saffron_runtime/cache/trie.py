@@ -10,6 +10,11 @@ The trie lives with the model (:meth:`TrieKVCache.for_model`), so a later reques
 conversation's history reuses its KV. A byte budget evicts, least recently used first, leaves that no
 live search references (a :class:`TrieSession` pins what a search holds). All operations are
 serialised by one lock, so concurrent searches on one model share the trie safely.
+
+Hidden states: while a reader holds :meth:`TrieKVCache.hold_hidden` (a monitor whose heads read
+this model's own hidden states), every node a forward computes keeps its last hidden state in
+``TrieNode.hidden`` (``hidden_size`` values in the model's dtype: 2.3 KB in fp32 for SmolLM2-135M),
+released with the node when it is evicted. Off by default: nothing is kept unless asked for.
 """
 
 from __future__ import annotations
@@ -52,6 +57,23 @@ class TrieKVCache:
         self._clock = itertools.count(1)
         self._nodes = 0
         self._leaves = LruLeaves(self.root)
+        self._hidden_readers = 0
+
+    # ------------------------------------------------------------------ kept hidden states
+    @property
+    def keep_hidden(self) -> bool:
+        """Whether forwards keep each new node's last hidden state (``TrieNode.hidden``)."""
+        return self._hidden_readers > 0
+
+    def hold_hidden(self) -> None:
+        """Start keeping hidden states on new nodes (one call per reader; see :meth:`release_hidden`)."""
+        with self.lock:
+            self._hidden_readers += 1
+
+    def release_hidden(self) -> None:
+        """A reader is done; once none is left, forwards stop keeping hidden states."""
+        with self.lock:
+            self._hidden_readers = max(0, self._hidden_readers - 1)
 
     @classmethod
     def for_model(cls, model: PreTrainedModel, *, max_bytes: int | None = None) -> TrieKVCache:
@@ -103,8 +125,11 @@ class TrieKVCache:
         cache: DynamicCache,
         want_logits: bool,
         want_hidden: bool,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, DynamicCache]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, DynamicCache, torch.Tensor | None]:
+        """Logits and fp32 hidden states as asked, the cache, and the raw last hidden states
+        ``[batch, seq, hidden]`` in the model's dtype when :attr:`keep_hidden` is on."""
         device = next(self.model.parameters()).device
+        keep = self.keep_hidden
         with torch.no_grad():
             out = self.model(
                 input_ids=input_ids.to(device),
@@ -113,12 +138,13 @@ class TrieKVCache:
                 **kv_kwargs(self.model, cache),
                 use_cache=True,
                 logits_to_keep=1,
-                output_hidden_states=want_hidden,
+                output_hidden_states=want_hidden or keep,
             )
         self.stats.forwards += 1
         logits = out.logits[:, -1, :].float() if want_logits else None
         hidden = out.hidden_states[-1].float() if want_hidden else None
-        return logits, hidden, returned_kv(out)
+        kept = out.hidden_states[-1] if keep else None
+        return logits, hidden, returned_kv(out), kept
 
     def _touch(self, node: TrieNode) -> None:
         node.last_access = next(self._clock)
@@ -174,17 +200,20 @@ class TrieKVCache:
             # reuse the slot of an already-cached last token, allocate the rest
             existing_last = node.children.get(rest[0]) if n_new == 1 else None
             slots = [existing_last.slot] if existing_last is not None else pool.alloc(n_new)
-            att = torch.cat([mask, torch.ones((1, n_new), dtype=torch.long)], dim=1)
-            pos = torch.arange(node.depth, node.depth + n_new).unsqueeze(0)
-            logits, hidden, cache = self._forward(
-                torch.tensor([rest]), att, pos, cache, True, want_hidden
+            dev = pool.device
+            att = torch.cat([mask, torch.ones((1, n_new), dtype=torch.long, device=dev)], dim=1)
+            pos = torch.arange(node.depth, node.depth + n_new, device=dev).unsqueeze(0)
+            logits, hidden, cache, kept = self._forward(
+                torch.tensor([rest], device=dev), att, pos, cache, True, want_hidden
             )
-            write_back(pool, cache, torch.tensor(slots), n_new)
-            for t, s in zip(rest, slots, strict=True):
+            write_back(pool, cache, torch.tensor(slots, device="cpu"), n_new)
+            for i, (t, s) in enumerate(zip(rest, slots, strict=True)):
                 child = node.children.get(t)
                 node = child if child is not None else self._new_child(node, t, s)
+                if kept is not None:
+                    node.hidden = kept[0, i]
                 self._touch(node)
-            node.path = torch.cat([past, torch.tensor(slots, dtype=torch.long)])
+            node.path = torch.cat([past, torch.tensor(slots, dtype=torch.long, device="cpu")])
             self.stats.hits += matched
             self.stats.misses += n_new if existing_last is None else 0
             self.stats.tokens_computed += n_new
@@ -221,16 +250,21 @@ class TrieKVCache:
             new_pairs = [(p, t) for p, t in order if t not in p.children]
             fresh = iter(pool.alloc(len(new_pairs)))
             slots = [p.children[t].slot if t in p.children else next(fresh) for p, t in order]
-            att = torch.cat([mask, torch.ones((len(order), 1), dtype=torch.long)], dim=1)
-            pos = torch.tensor([[p.depth] for p, _ in order])
-            ids = torch.tensor([[t] for _, t in order])
-            logits, hidden, cache = self._forward(ids, att, pos, cache, want_logits, want_hidden)
-            slot_t = torch.tensor(slots, dtype=torch.long)
+            dev = pool.device
+            att = torch.cat([mask, torch.ones((len(order), 1), dtype=torch.long, device=dev)], dim=1)
+            pos = torch.tensor([[p.depth] for p, _ in order], device=dev)
+            ids = torch.tensor([[t] for _, t in order], device=dev)
+            logits, hidden, cache, kept = self._forward(
+                ids, att, pos, cache, want_logits, want_hidden
+            )
+            slot_t = torch.tensor(slots, dtype=torch.long, device="cpu")
             write_back(pool, cache, slot_t, 1)
             nodes = []
-            for (p, t), s, path in zip(order, slots, paths, strict=True):
+            for row, ((p, t), s, path) in enumerate(zip(order, slots, paths, strict=True)):
                 child = p.children.get(t) or self._new_child(p, t, s)
-                child.path = torch.cat([path, torch.tensor([s], dtype=torch.long)])
+                if kept is not None:
+                    child.hidden = kept[row, -1]
+                child.path = torch.cat([path, torch.tensor([s], dtype=torch.long, device="cpu")])
                 self._touch(child)
                 self._touch(p)
                 nodes.append(child)
@@ -243,7 +277,7 @@ class TrieKVCache:
             if session is not None:
                 session.pin(nodes)
             self._after_write()
-            idx = torch.tensor(row_of)
+            idx = torch.tensor(row_of, device=dev)
             return StepOutput(
                 nodes=[nodes[r] for r in row_of],
                 logits=logits[idx] if logits is not None else None,

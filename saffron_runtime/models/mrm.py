@@ -96,5 +96,7 @@ class MultifurcationRewardModel:
         """Set the reward of never-supervised tokens to ``value`` (conservative exploration)."""
         if self.unseen_mask is None:
             return rewards
-        mask = self.unseen_mask.to(rewards.device)
+        mask = self.unseen_mask
+        if mask.device != rewards.device:  # moved once, not on every search step
+            mask = self.unseen_mask = mask.to(rewards.device)
         return rewards.masked_fill(mask[: rewards.shape[-1]], value)

@@ -121,7 +121,7 @@ class UnseenRewardMask:
     def __call__(self, raw_rewards: torch.Tensor) -> torch.Tensor:
         rewards = self.mrm.mask_unseen(raw_rewards, self.unseen)
         if self.mrm.token_map is not None:
-            rewards = rewards[:, self.mrm.token_map[: self.policy_vocab]]
+            rewards = rewards[:, self.mrm.token_map[: self.policy_vocab].to(rewards.device)]
         return rewards
 
 

@@ -12,7 +12,7 @@ commits the agreed prefix. The final pick is the pool's best, else the frontier'
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,22 +37,34 @@ class Candidates:
     reward_nodes: list[TrieNode] | None = None
     logprobs: torch.Tensor | None = None  # each child's summed log-probability (its beam's)
     keys: torch.Tensor | None = None  # the objective's ranking keys (None: rank by score)
+    _host: tuple[list[float], list[float] | None, list[float]] | None = field(
+        default=None, repr=False
+    )
 
     def ranking(self) -> torch.Tensor:
         """What the children are ranked by: the objective's keys, else the scores."""
         return self.keys if self.keys is not None else self.scores
 
+    def host_values(self) -> tuple[list[float], list[float] | None, list[float]]:
+        """Scores, log-probabilities and keys as Python floats, copied to the host once per step
+        (reading them element by element would wait on the device once per child)."""
+        if self._host is None:
+            logprobs = self.logprobs.tolist() if self.logprobs is not None else None
+            self._host = (self.scores.tolist(), logprobs, self.ranking().tolist())
+        return self._host
+
     def child(self, j: int) -> Beam:
         """Candidate ``j`` as a beam whose own forward has not run yet."""
         parent = self.parents[j]
+        scores, logprobs, keys = self.host_values()
         return Beam(
             pnode=parent.pnode,
             ids=parent.ids + [self.tokens[j]],
-            score=float(self.scores[j]),
+            score=float(scores[j]),
             rnode=self.reward_nodes[j] if self.reward_nodes is not None else parent.rnode,
             constraint=parent.constraint,
-            logprob=float(self.logprobs[j]) if self.logprobs is not None else 0.0,
-            key=float(self.ranking()[j]),
+            logprob=float(logprobs[j]) if logprobs is not None else 0.0,
+            key=float(keys[j]),
         )
 
 
@@ -165,8 +177,10 @@ class FrontierSearch(SearchMethod):
         reward_nodes: list[TrieNode] | None = None,
     ) -> Candidates:
         """Candidates with their beams' summed log-probabilities and the objective's keys."""
-        parent_logprob = torch.tensor([p.logprob for p in parents], dtype=child_logprobs.dtype)
-        logprobs = parent_logprob.to(child_logprobs.device) + child_logprobs
+        parent_logprob = torch.tensor(
+            [p.logprob for p in parents], dtype=child_logprobs.dtype, device=child_logprobs.device
+        )
+        logprobs = parent_logprob + child_logprobs
         length = len(parents[0].ids) + 1 if parents else 1
         keys = self.objective(rewards.float(), logprobs.float(), length)
         return Candidates(parents, tokens, rewards, reward_nodes, logprobs, keys)

@@ -137,7 +137,8 @@ class SearchRun:
         assert mrm is not None
         if mrm.token_map is None:
             return list(ids)
-        return mrm.token_map[torch.tensor(list(ids), dtype=torch.long)].tolist()
+        index = torch.tensor(list(ids), dtype=torch.long, device=mrm.token_map.device)
+        return mrm.token_map[index].tolist()
 
     # ------------------------------------------------------------------ ending and streaming
     def ends(self, ids: list[int]) -> bool:

@@ -67,7 +67,7 @@ class Saffron(FrontierSearch):
 
     def candidates(self, active: list[Beam]) -> Candidates:
         parents: list[Beam] = []
-        tokens: list[int] = []
+        child_tokens: list[torch.Tensor] = []
         child_rewards: list[torch.Tensor] = []
         child_probs: list[torch.Tensor] = []
         for beam in active:
@@ -76,9 +76,10 @@ class Saffron(FrontierSearch):
             for reward_filter in self.reward_filters:
                 rewards = reward_filter(beam, token_ids, rewards)
             parents.extend([beam] * len(token_ids))
-            tokens.extend(token_ids.tolist())
+            child_tokens.append(token_ids)
             child_rewards.append(rewards)
             child_probs.append(probs)
+        tokens = torch.cat(child_tokens).tolist()  # one copy to the host per step, not one per beam
         return self.ranked(parents, tokens, torch.cat(child_rewards), torch.cat(child_probs).log())
 
     def expand(self, beams: list[Beam]) -> None:

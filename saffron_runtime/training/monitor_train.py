@@ -123,7 +123,18 @@ def _encode(
     return prefix + ids, len(prefix), labels
 
 
-def _batch(items: list[tuple[list[int], int, list[int], int]], pad: int) -> dict[str, torch.Tensor]:
+def _batch(
+    items: list[tuple[list[int], int, list[int], int]],
+    pad: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Padded ids, positions and labels, built on the host then moved to ``device`` (the model's)."""
+    with torch.device("cpu"):
+        batch = _host_batch(items, pad)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _host_batch(items: list[tuple[list[int], int, list[int], int]], pad: int) -> dict[str, torch.Tensor]:
     width = max(len(i[0]) for i in items)
     n_tok = max(len(i[2]) for i in items)
     out = {
@@ -156,13 +167,14 @@ def _cached_features(
     """Response-token and last-position hidden states of examples ``idx`` (computed once, then reused)."""
     missing = [j for j in idx if j not in cache]
     if missing:
-        b = _batch([encoded[j] for j in missing], pad)
+        b = _batch([encoded[j] for j in missing], pad, monitor.device)
         hidden, _ = monitor.hidden_states(b["ids"], attention_mask=b["att"])
         for r, j in enumerate(missing):
             t = len(encoded[j][2])
             cache[j] = (hidden[r, b["pos"][r, :t]].clone(), hidden[r, b["last"][r]].clone())
     width = max(cache[j][0].shape[0] for j in idx)
-    h_tok = torch.zeros((len(idx), width, cache[idx[0]][0].shape[-1]))
+    first = cache[idx[0]][0]
+    h_tok = torch.zeros((len(idx), width, first.shape[-1]), dtype=first.dtype, device=first.device)
     for r, j in enumerate(idx):
         h_tok[r, : cache[j][0].shape[0]] = cache[j][0]
     return h_tok, torch.stack([cache[j][1] for j in idx])
@@ -202,10 +214,13 @@ def _prompt_loss(
         prompts[(step * config.batch_size + j) % len(prompts)] for j in range(config.batch_size)
     ]
     pid = [monitor.prefix_ids(p.prompt) for p in batch_p]
-    pb = _batch([(x, len(x) - 1, [0], p.label) for x, p in zip(pid, batch_p, strict=True)], pad)
+    pb = _batch(
+        [(x, len(x) - 1, [0], p.label) for x, p in zip(pid, batch_p, strict=True)], pad, monitor.device
+    )
     with torch.set_grad_enabled(config.variant == "lora"):
         ph, _ = monitor.hidden_states(pb["ids"], attention_mask=pb["att"])
-    logits = monitor.prompt_head(ph[torch.arange(ph.shape[0]), pb["last"]])
+    rows = torch.arange(ph.shape[0], device=ph.device)
+    logits = monitor.prompt_head(ph[rows, pb["last"]].to(monitor.prompt_head.weight.dtype))
     return torch.nn.functional.cross_entropy(logits, pb["resp"])
 
 
@@ -220,7 +235,7 @@ def _step_fn(
     feature_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def step_fn(step: int, idx: list[int]) -> StepOutput:
-        b = _batch([encoded[j] for j in idx], pad)
+        b = _batch([encoded[j] for j in idx], pad, monitor.device)
         if (
             config.variant == "heads"
         ):  # frozen backbone: one forward per example, cached across epochs
@@ -228,7 +243,7 @@ def _step_fn(
         else:
             hidden, _ = monitor.hidden_states(b["ids"], attention_mask=b["att"])
             h_tok = hidden.gather(1, b["pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-            h_last = hidden[torch.arange(hidden.shape[0]), b["last"]]
+            h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), b["last"]]
         loss, parts = dual_loss(
             monitor.token_head(h_tok),
             b["lab"],

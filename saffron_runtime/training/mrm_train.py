@@ -98,10 +98,23 @@ def _entries(r: TokenRewardRecord, max_resp: int) -> list[list[tuple[int, float]
 
 
 def _batch(
-    records: list[TokenRewardRecord], prefix_ids: dict[str, list[int]], pad: int, max_resp: int
+    records: list[TokenRewardRecord],
+    prefix_ids: dict[str, list[int]],
+    pad: int,
+    max_resp: int,
+    device: torch.device | str = "cpu",
 ) -> dict[str, torch.Tensor]:
     """Right-padded inputs ``prefix + y[:-1]``; the state at ``P-1+t`` predicts the rewards of the
-    entries at ``t`` (``targets``/``rewards``/``mask`` are [B, T, K])."""
+    entries at ``t`` (``targets``/``rewards``/``mask`` are [B, T, K]). Built on the host, element
+    by element, then moved to ``device`` (the model's) in one copy per tensor."""
+    with torch.device("cpu"):
+        batch = _host_batch(records, prefix_ids, pad, max_resp)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _host_batch(
+    records: list[TokenRewardRecord], prefix_ids: dict[str, list[int]], pad: int, max_resp: int
+) -> dict[str, torch.Tensor]:
     rows = [prefix_ids[r.id] + r.response_ids[:max_resp][:-1] for r in records]
     entries = [_entries(r, max_resp) for r in records]
     width = max(len(row) for row in rows)
@@ -200,7 +213,9 @@ def train_mrm(
     saved_config = {"config": config.model_dump(mode="json")}
 
     def step_fn(step: int, idx: list[int]) -> StepOutput:
-        b = _batch([records[j] for j in idx], prefix_ids, pad, config.max_response_tokens)
+        b = _batch(
+            [records[j] for j in idx], prefix_ids, pad, config.max_response_tokens, head.weight.device
+        )
         hidden = _decoder(model)(
             input_ids=b["input_ids"], attention_mask=b["attention_mask"]
         ).last_hidden_state
