@@ -94,9 +94,13 @@ class SCMSession:
         self._prefix: list[int] = []
         try:
             self._prefix = self._fit_prompt(model.prefix_ids(encodable(prompt)))
-            self._forward_all(self._prefix)
+            self._prefill_prompt()
         except Exception as e:  # noqa: BLE001 - a fault is a verdict by policy
             self._fault(e)
+
+    def _prefill_prompt(self) -> None:
+        """Run the prompt's prefix through the monitor's own backbone (the session's KV cache)."""
+        self._forward_all(self._prefix)
 
     def _fit_prompt(self, prefix: list[int]) -> list[int]:
         """The prompt prefix, cut to its last half-context tokens when longer (logged)."""

@@ -76,6 +76,9 @@ class SharedHiddenSession(SCMSession):
         self._cache = _NoKV()  # type: ignore[assignment]
 
     # -------------------------------------------------------------- model
+    def _prefill_prompt(self) -> None:
+        """Nothing to run: the policy's trie already holds the prompt's states."""
+
     def _run(self, ids: list[int], *, score: bool = True) -> tuple[list[float], list[float]]:
         """Head scores of ``ids`` from the hidden states :meth:`feed_tokens` collected."""
         self._pos += len(ids)
