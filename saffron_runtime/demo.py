@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from saffron_runtime.guarded import GuardedGeneration
@@ -99,7 +100,8 @@ def run_demo(
         table.add_column(col, overflow="fold")
     for r in rows:
         shown = f"{r.prompt}\n[prefilling attack: {r.prefill!r}]" if r.prefill else r.prompt
-        table.add_row(shown, r.unguarded, r.saffron, r.watched)
+        # escaped: model text and our "[monitor did not fire]" notes would otherwise be read as rich markup
+        table.add_row(*(escape(c) for c in (shown, r.unguarded, r.saffron, r.watched)))
     console.print(table)
     console.print(f"total {time.perf_counter() - t0:.1f} s")
     return rows

@@ -20,6 +20,8 @@ def test_demo_runs_three_prompts_through_three_modes_on_smollm2(smollm2, monkeyp
     res = runner.invoke(app, ["demo", "--prompt", "Name a colour.", "--max-new-tokens", "6", "--budget", "2"])
     assert res.exit_code == 0, res.output
     assert "Saffron search" in res.output and "total" in res.output
+    # the verdict line is printed, not swallowed as rich markup ("[monitor did not fire]" looks like a tag)
+    assert "monitor did not fire" in res.output or "stopped at token" in res.output
     rows = run_demo(cli.console, prompt="Name a colour.", max_new_tokens=4, budget=2)
     assert [r.prefill != "" for r in rows] == [False, False, True]
     assert all("reward calls" in r.unguarded and "reward calls" in r.saffron for r in rows)  # stats shown
