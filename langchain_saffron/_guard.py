@@ -17,7 +17,13 @@ from typing import Any
 
 from langchain_core.messages import AIMessage
 
-from saffron_runtime.errors import DEFAULT_REFUSAL, GuardrailViolation, OnViolation, Verdict
+from saffron_runtime.errors import (
+    DEFAULT_REFUSAL,
+    ConfigError,
+    GuardrailViolation,
+    OnViolation,
+    Verdict,
+)
 from saffron_runtime.monitor.adapters import StreamingMonitor
 from saffron_runtime.monitor.faults import open_session
 from saffron_runtime.monitor.session import MonitorSession
@@ -44,6 +50,16 @@ _VERDICT_FIELDS = frozenset(inspect.signature(Verdict).parameters)
 
 
 # ---------------------------------------------------------------------- message text
+def require_monitor(monitor: Any) -> StreamingMonitor:
+    """``monitor`` if it is a streaming monitor (has ``open(prompt)``), else a ConfigError naming the fix."""
+    if not callable(getattr(monitor, "open", None)):
+        raise ConfigError(
+            f"the guard needs a streaming monitor (an object with open(prompt)), got "
+            f"{type(monitor).__name__}; pass e.g. SCMMonitor(load_monitor('bundled'))"
+        )
+    return monitor
+
+
 def message_text(message: Any) -> str:
     """The plain text of a LangChain message or a ``{"role", "content"}`` dict.
 

@@ -26,8 +26,15 @@ from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
-from langchain_saffron._guard import feed, finish, last_user_message, message_text, violation
-from saffron_runtime.errors import ConfigError, Verdict
+from langchain_saffron._guard import (
+    feed,
+    finish,
+    last_user_message,
+    message_text,
+    require_monitor,
+    violation,
+)
+from saffron_runtime.errors import Verdict
 from saffron_runtime.monitor.adapters import StreamingMonitor
 from saffron_runtime.monitor.faults import open_session
 from saffron_runtime.monitor.session import MonitorSession
@@ -54,12 +61,7 @@ class _GuardCore:
     """Shared state and logic of the sync and async handlers."""
 
     def __init__(self, monitor: StreamingMonitor, *, backstop: bool = True) -> None:
-        if not callable(getattr(monitor, "open", None)):
-            raise ConfigError(
-                f"the guard needs a streaming monitor (an object with open(prompt)), got "
-                f"{type(monitor).__name__}; pass e.g. SCMMonitor(load_monitor('bundled'))"
-            )
-        self.monitor = monitor
+        self.monitor = require_monitor(monitor)
         self.backstop = backstop
         self._runs: dict[UUID, _RunState] = {}
         self._lock = threading.Lock()

@@ -31,7 +31,13 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
 from pydantic import BaseModel, ConfigDict, Field
 
-from langchain_saffron._guard import judge_text, last_user_text, saffron_metadata, violation
+from langchain_saffron._guard import (
+    judge_text,
+    last_user_text,
+    require_monitor,
+    saffron_metadata,
+    violation,
+)
 from langchain_saffron._holdback import HeldStream
 from saffron_runtime.errors import (
     DEFAULT_REFUSAL,
@@ -303,7 +309,7 @@ def guard(
         )
     return GuardedChatModel(
         inner=model,
-        monitor=monitor,
+        monitor=require_monitor(monitor),
         on_violation=on_violation,
         refusal_message=refusal_message,
         max_held_chars=max_held_chars,

@@ -34,6 +34,7 @@ from langchain_saffron._guard import (
     last_user_text,
     message_text,
     model_verdicts,
+    require_monitor,
     saffron_metadata,
 )
 from langchain_saffron._holdback import tool_call_text
@@ -82,7 +83,7 @@ class SaffronGuardrailMiddleware(AgentMiddleware):
         max_held_chars: int | None = None,
     ) -> None:
         super().__init__()
-        self.monitor = monitor
+        self.monitor = require_monitor(monitor)
         self.on_violation = validate_on_violation(on_violation)
         self.refusal_message = refusal_message
         self.screen_tools = screen_tools

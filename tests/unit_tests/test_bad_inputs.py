@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from typer.testing import CliRunner
@@ -194,9 +193,7 @@ def test_guards_refuse_what_is_not_a_monitor():
     expect(lambda: MonitorRule(theta=2.0), ConfigError, r"theta")
 
 
-class ToolFake(GenericFakeChatModel):
-    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
-        return self
+from tests.unit_tests.test_middleware import ToolFake  # noqa: E402 - streams its tool calls
 
 
 @pytest.mark.parametrize("size", [100_000, 1_000_000])
