@@ -55,12 +55,7 @@ def _isolated() -> dict[str, Any]:
 
 
 def _check_monitor(monitor: Any) -> StreamingMonitor:
-    if not callable(getattr(monitor, "open", None)):
-        raise ConfigError(
-            f"guard(): monitor={monitor!r} is not a streaming monitor (it has no open(prompt)); "
-            "pass an SCMMonitor, CallableMonitor or ClassifierMonitor from saffron_runtime.monitor"
-        )
-    return monitor
+    return require_monitor(monitor)
 
 
 class GuardedChatModel(BaseChatModel):
@@ -309,7 +304,7 @@ def guard(
         )
     return GuardedChatModel(
         inner=model,
-        monitor=require_monitor(monitor),
+        monitor=monitor,
         on_violation=on_violation,
         refusal_message=refusal_message,
         max_held_chars=max_held_chars,

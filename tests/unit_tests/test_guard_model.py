@@ -175,7 +175,7 @@ def test_with_structured_output_is_the_inner_models_and_judged():
 
 
 def test_bad_arguments_are_clear_errors():
-    with pytest.raises(ConfigError, match="not a streaming monitor"):
+    with pytest.raises(ConfigError, match="needs a streaming monitor"):
         guard(model(), 42)
     with pytest.raises(ConfigError, match="not a LangChain chat model"):
         guard("gpt-4o", bomb_monitor())
