@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from saffron_runtime.cli_eval import eval_app
+from saffron_runtime.cli_judges import train_judges_cmd  # noqa: F401 - registers the judge builders
 from saffron_runtime.cli_options import search_options
 from saffron_runtime.cli_quality import eval_quality_cmd  # noqa: F401 - registers `eval quality`
 from saffron_runtime.cli_serve import serve
