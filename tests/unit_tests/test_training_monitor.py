@@ -5,16 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from saffron_runtime.models import LoadedModel
 from saffron_runtime.monitor import SCMMonitor, load_monitor
@@ -76,28 +70,6 @@ def test_train_monitor_end_to_end(tmp_path, files, tiny, variant):
         s = SCMMonitor(mon).open(r["prompt"])
         verdicts.append((s.feed_text(r["response"]) or s.finish()) is not None)
     assert sum(v == (i % 2 == 0) for i, v in enumerate(verdicts)) >= 5  # learned: bomb responses flagged
-
-
-def test_killed_monitor_run_resumes_to_the_same_heads(tmp_path, files):
-    common = ["--data", str(files["train"]), "--base", str(files["base"]), "--epochs", "20", "--batch-size", "4",
-              "--checkpoint-every", "3", "--lr", "0.01"]
-    cli = [sys.executable, "-m", "saffron_runtime.cli", "train", "monitor"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(cli + common + ["--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list((killed / "checkpoints").glob("step-*")) and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "heads.safetensors").exists(), "the run finished before it was killed"
-    subprocess.run(cli + common + ["--out", str(killed)], env=env, check=True, capture_output=True)
-    straight = tmp_path / "straight"
-    subprocess.run(cli + common + ["--out", str(straight)], env=env, check=True, capture_output=True)
-    a, b = load_file(str(killed / "heads.safetensors")), load_file(str(straight / "heads.safetensors"))
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
 
 
 def test_heads_variant_leaves_the_backbone_untouched(tmp_path, files, tiny):
