@@ -121,9 +121,10 @@ def error_body(message: str, *, kind: str, field: str | None = None,
 
 
 def saffron_field(*, blocked: bool, on_violation: str, verdicts: list[Verdict],
-                  stats: Mapping[str, Any] | None, score: float | None) -> dict[str, Any]:
+                  stats: Mapping[str, Any] | None, score: float | None,
+                  monitor_path: str | None = None) -> dict[str, Any]:
     """The ``saffron`` field of a response: the same keys as ChatSaffron's
-    ``response_metadata["saffron"]`` (blocked, on_violation, verdicts, stats, score), except that a
+    ``response_metadata["saffron"]`` (blocked, on_violation, verdicts, stats, score, monitor_path), except that a
     verdict's ``text`` (the flagged text itself) is emptied: flagged text never leaves the server;
     ``position`` and ``span`` still say where it fired."""
     return {
@@ -132,6 +133,7 @@ def saffron_field(*, blocked: bool, on_violation: str, verdicts: list[Verdict],
         "verdicts": [{**v.to_dict(), "text": ""} for v in verdicts],
         "stats": dict(stats or {}),
         "score": score,
+        "monitor_path": monitor_path,
     }
 
 

@@ -163,6 +163,7 @@ class GuardedService:
             blocked=out.blocked, on_violation=prepared.on_violation, verdicts=out.verdicts,
             stats=stats.to_dict() if stats else None,
             score=out.result.score if out.result else None,
+            monitor_path=out.monitor_path,
         )
         counts = usage(prepared.n_prompt, n_out)
         if not out.blocked:

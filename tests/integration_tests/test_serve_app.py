@@ -64,7 +64,7 @@ def test_stream_and_whole_answer_agree_on_the_format(plain):
     assert events[-1] == "[DONE]"
     last = events[-2]
     assert last["choices"][0]["finish_reason"] in ("stop", "length")
-    assert set(last["saffron"]) == {"blocked", "on_violation", "verdicts", "stats", "score"}
+    assert set(last["saffron"]) == {"blocked", "on_violation", "verdicts", "stats", "score", "monitor_path"}
     assert last["saffron"]["blocked"] is False and last["saffron"]["stats"]["method"] == "saffron"
     streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1])
     whole = client.post("/v1/chat/completions", json={"messages": MESSAGES}).json()
