@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from saffron_runtime.cli_support import console, one_line_errors, print_metrics, quiet
+
+if TYPE_CHECKING:
+    from saffron_runtime.evaluation.attack.grid import MethodSpec
+    from saffron_runtime.evaluation.attack.harness import AttackHarness, Judged
+    from saffron_runtime.evaluation.attack.prompts import AttackPrompt
 
 eval_app = typer.Typer(help="Evaluate monitors and guarded generation.", no_args_is_help=True)
 
@@ -259,13 +264,10 @@ def eval_attack_cmd(
     Example: saffron eval attack --prompts attack.jsonl --prefill 10 --budgets 2,4,8 --bon-n 8,16,32
     --benign benign.jsonl --json results.json --plot asr.png
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from saffron_runtime.evaluation.attack import (
         AttackSettings,
         build_harness,
         load_prompts,
-        method_grid,
         plot_asr,
         report,
     )
@@ -278,14 +280,8 @@ def eval_attack_cmd(
         reward_sees_prefill=reward_sees_prefill,
         judges_see_prefill=judges_see_prefill,
     )
-    names = [m.strip() for m in methods.split(",") if m.strip()]
-    bon = _ints(bon_n, "--bon-n") if bon_n else None
-    grid = method_grid(names, _ints(budgets, "--budgets"), bon)
-    b_names = [m.strip() for m in benign_methods.split(",") if m.strip()] if benign_methods else names
-    benign_grid = method_grid(
-        b_names if "unguarded" in b_names else ["unguarded", *b_names],  # the over-refusal baseline
-        _ints(benign_budgets, "--benign-budgets") if benign_budgets else _ints(budgets, "--budgets"),
-        _ints(benign_bon_n, "--benign-bon-n") if benign_bon_n else bon,
+    grid, benign_grid = _attack_grids(
+        methods, budgets, bon_n, benign_methods, benign_budgets, benign_bon_n
     )
     harmful = load_prompts(prompts, limit)
     benign_prompts = load_prompts(benign, limit) if benign is not None else []
@@ -301,7 +297,57 @@ def eval_attack_cmd(
             settings=settings,
             ledger=ledger,
         )
-    total = len(grid) * len(harmful) + len(benign_grid) * len(benign_prompts)
+    attacked, benign_judged = _run_attack(
+        harness, harmful, grid, benign_prompts, benign_grid, cached_only
+    )
+    out = report(
+        harness, attacked, grid, benign_judged, benign_grid, data_dir=data_dir, prompts=prompts
+    )
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(out, indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+    if plot is not None:
+        plot_asr(out["results"], plot, title=f"{prompts.name}, prefill {prefill}")
+        console.print(f"wrote {plot}")
+    _print_attack(out)
+
+
+def _attack_grids(
+    methods: str,
+    budgets: str,
+    bon_n: str | None,
+    benign_methods: str | None,
+    benign_budgets: str | None,
+    benign_bon_n: str | None,
+) -> tuple[list[MethodSpec], list[MethodSpec]]:
+    """The harmful grid and the benign grid (which always holds unguarded, the over-refusal baseline)."""
+    from saffron_runtime.evaluation.attack import method_grid
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    bon = _ints(bon_n, "--bon-n") if bon_n else None
+    grid = method_grid(names, _ints(budgets, "--budgets"), bon)
+    b_names = [m.strip() for m in benign_methods.split(",") if m.strip()] if benign_methods else names
+    benign_grid = method_grid(
+        b_names if "unguarded" in b_names else ["unguarded", *b_names],
+        _ints(benign_budgets, "--benign-budgets") if benign_budgets else _ints(budgets, "--budgets"),
+        _ints(benign_bon_n, "--benign-bon-n") if benign_bon_n else bon,
+    )
+    return grid, benign_grid
+
+
+def _run_attack(
+    harness: AttackHarness,
+    harmful: list[AttackPrompt],
+    grid: list[MethodSpec],
+    benign: list[AttackPrompt],
+    benign_grid: list[MethodSpec],
+    cached_only: bool,
+) -> tuple[list[Judged], list[Judged]]:
+    """Generate and judge every (prompt, method) pair, harmful then benign, under one progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    total = len(grid) * len(harmful) + len(benign_grid) * len(benign)
     cols = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -317,23 +363,11 @@ def eval_attack_cmd(
 
         attacked = harness.run(harmful, grid, on_step=step, cached_only=cached_only)
         benign_judged = (
-            harness.run(
-                benign_prompts, benign_grid, attack=False, on_step=step, cached_only=cached_only
-            )
-            if benign_prompts
+            harness.run(benign, benign_grid, attack=False, on_step=step, cached_only=cached_only)
+            if benign
             else []
         )
-    out = report(
-        harness, attacked, grid, benign_judged, benign_grid, data_dir=data_dir, prompts=prompts
-    )
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(out, indent=2) + "\n")
-        console.print(f"wrote {json_out}")
-    if plot is not None:
-        plot_asr(out["results"], plot, title=f"{prompts.name}, prefill {prefill}")
-        console.print(f"wrote {plot}")
-    _print_attack(out)
+    return attacked, benign_judged
 
 
 def _print_attack(out: dict) -> None:
