@@ -286,3 +286,46 @@ def data_splits_cmd(
 
     for name, n in write_splits(data_dir, out).items():
         console.print(f"{name}: {n}")
+
+
+@data_app.command("policy-labels")
+@one_line_errors
+def data_policy_labels_cmd(
+    rollouts: Annotated[
+        list[Path], typer.Option(help="Rollout JSONL(s) from `saffron data rewards` (repeat the option).")
+    ],
+    out: Annotated[Path, typer.Option(help="Output monitor-training JSONL (id, prompt, response, label).")],
+    teacher: Annotated[
+        Path, typer.Option(help="Folder of the teacher's refusal judge: loaded if there, else trained and saved.")
+    ],
+    data_dir: Annotated[Path, typer.Option(help="The safety data folder (the repository's data/).")] = Path("data"),
+    policy: Annotated[str, typer.Option(help="The policy whose tokenizer decodes the rollouts.")] = "smollm2",
+) -> None:
+    """Label the policy's own rollouts for monitor training: harmful = a harmful request answered
+    without refusal (the refusal judge is trained on the PyRIT human refusal labels only).
+
+    Example: saffron data policy-labels --rollouts runs/mrm/rewards_train.jsonl --teacher runs/teacher --out policy.jsonl
+    """
+    import json
+
+    from saffron_runtime.evaluation.text_judges import TextJudge
+    from saffron_runtime.jsonl import write_jsonl
+    from saffron_runtime.models.loading import load_policy
+    from saffron_runtime.training.policy_labels import (
+        rollouts_from_rewards,
+        save_teacher,
+        teacher_rows,
+        train_refusal_teacher,
+    )
+
+    if (teacher / "judge.json").is_file():
+        judge = TextJudge.load(teacher)
+    else:
+        judge = train_refusal_teacher(data_dir)
+        save_teacher(judge, teacher)
+    tok = load_policy(policy).tokenizer
+    records = [json.loads(line) for path in rollouts for line in path.open() if line.strip()]
+    rows = teacher_rows(rollouts_from_rewards(records, tok), judge)
+    write_jsonl(out, rows)
+    harmful = sum(r["label"] for r in rows)
+    console.print(f"wrote {len(rows)} rows ({harmful} harmful) to {out}; teacher card: {judge.card}")
