@@ -49,7 +49,7 @@ SAFFRON := OMP_NUM_THREADS=1 $(VENV)/bin/saffron
 JUDGE := saffron_runtime/bundled/saffron-monitor-smollm2-heads
 LORA_ALL := q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 
-.PHONY: mrm-children bundled bundled-data bundled-mrm bundled-monitor-heads bundled-monitor-heads-calibrate bundled-monitor-lora \
+.PHONY: mrm-children monitor-policy bundled bundled-data bundled-mrm bundled-monitor-heads bundled-monitor-heads-calibrate bundled-monitor-lora \
   bundled-judges bundled-request-judge eval-attack
 # The three bundled models, two one-thread jobs at a time (LoRA monitor beside heads monitor, then MRM, then the
 # heads calibration on the core the LoRA monitor frees; measured 1 h 52 min + 324 s, see the model cards):
@@ -106,6 +106,28 @@ mrm-children: bundled-data
 	for subset in all plain prefill; do $(SAFFRON) eval mrm --data $(RUNS)/mrm-children/rewards_test.jsonl \
 	  --mrm $(RUNS)/mrm-children/mrm --judge-monitor $(MRM_JUDGE) --judge-ema 0.3 --prefixes 200 --top-p 0.8 \
 	  --subset $$subset --json; done
+
+# The heads monitor trained on the policy's own rollouts too (not yet the shipped one: its training was started
+# and not finished on the shared machine). The rollouts are those of `make mrm-children` plus 200 benign
+# training answers; `saffron data policy-labels` labels them (harmful request x not-refusal, the refusal judge
+# trained on the PyRIT refusal labels only, disjoint from the request judge's data), then the policy-rollout
+# test rows measure the stop rate on the policy's own continuations of held-out prompts.
+PM := $(RUNS)/policy-monitor
+monitor-policy: bundled-data
+	mkdir -p $(PM)
+	grep '"label": 0' $(RUNS)/data/prompts_train.jsonl > $(PM)-benign-prompts.jsonl
+	$(SAFFRON) data rewards --prompts $(PM)-benign-prompts.jsonl --sample 200 --out $(PM)/rollouts_benign_train.jsonl \
+	  --judge-monitor $(JUDGE) --max-new-tokens 48 --batch-size 32 --judge-ema 0.3
+	$(SAFFRON) data policy-labels --rollouts $(RUNS)/mrm-children/rewards_train.jsonl \
+	  --rollouts $(PM)/rollouts_benign_train.jsonl --teacher $(PM)/teacher --out $(PM)/policy_train.jsonl
+	$(SAFFRON) data policy-labels --rollouts $(RUNS)/mrm-children/rewards_test.jsonl --teacher $(PM)/teacher \
+	  --out $(PM)/policy_test.jsonl
+	cat $(RUNS)/data/monitor_train.jsonl $(PM)/policy_train.jsonl > $(PM)/monitor_train_plus.jsonl
+	$(SAFFRON) train monitor --data $(PM)/monitor_train_plus.jsonl --val $(RUNS)/data/monitor_val.jsonl \
+	  --prompt-data $(RUNS)/data/prompts_train.jsonl --out $(PM)/monitor-heads --variant heads --epochs 1 \
+	  --batch-size 8 --checkpoint-every 25
+	$(SAFFRON) eval monitor --data $(RUNS)/data/monitor_test.jsonl --monitor $(PM)/monitor-heads --json
+	$(SAFFRON) eval monitor --data $(PM)/policy_test.jsonl --monitor $(PM)/monitor-heads --json
 
 bundled-monitor-lora: bundled-data
 	$(SAFFRON) train monitor --data $(RUNS)/data/monitor_train.jsonl --val $(RUNS)/data/monitor_val.jsonl \
