@@ -37,9 +37,9 @@ from saffron_runtime.monitor.faults import checked_scores
 from saffron_runtime.monitor.model import SCMMonitorModel
 from saffron_runtime.monitor.rules import MonitorRule, RuleState
 from saffron_runtime.monitor.session import MonitorSession, SCMSession
+from saffron_runtime.search.decode import IncrementalDecoder
 
 MonitorPath = Literal["shared", "separate"]
-_REPLACEMENT = "\ufffd"
 
 
 class _NoKV:
@@ -67,8 +67,7 @@ class SharedHiddenSession(SCMSession):
         self._cursor: TrieNode | None = None  # the node of the last committed token
         self._pending: list[torch.Tensor] = []
         self._special = frozenset(int(t) for t in model.tokenizer.all_special_ids)
-        self._decoded_ids: list[int] = []
-        self._decoded = ""
+        self._decoder = IncrementalDecoder(model.tokenizer)
         self.extra_forwards = 0
         """Single-token policy forwards run for tokens the search never expanded (the last one)."""
         self._held = True
@@ -112,15 +111,9 @@ class SharedHiddenSession(SCMSession):
         return child.hidden
 
     def _piece(self, token: int) -> str:
-        """The text ``token`` adds (empty while a multi-byte character is incomplete)."""
-        self._decoded_ids.append(token)
-        text = self.model.tokenizer.decode(
-            self._decoded_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        ).rstrip(_REPLACEMENT)
-        if not text.startswith(self._decoded):
-            return ""
-        piece, self._decoded = text[len(self._decoded) :], text
-        return piece
+        """The text ``token`` adds (empty while a multi-byte character is incomplete), from a
+        bounded window of ids, so a token's cost does not grow with the response's length."""
+        return self._decoder.push([token])
 
     # -------------------------------------------------------------- feeding
     def feed_tokens(self, token_ids: Sequence[int]) -> Verdict | None:
