@@ -13,6 +13,7 @@ trie node kept, bookkeeping included).
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -56,7 +57,8 @@ def generate(model, tok, n: int, monitor: SCMMonitor | None) -> float:
 def stack_tokens_per_s(stack: Stack, method: str, n: int, watched: bool) -> tuple[float, str | None]:
     """Tokens/s of one guarded generation on the stack's engine (the monitor on or off)."""
     engine = stack.engine_for(method)
-    config = SearchConfig(method=method, max_new_tokens=n, budget=4)
+    engine.reset_caches()  # cold tries: neither run reuses the other's KV
+    config = SearchConfig(method=method, max_new_tokens=n, min_new_tokens=n, budget=4)
     monitor = stack.streaming_monitor if watched else None
     gen = GuardedGeneration(engine, monitor, engine.chat_prompt_ids(PROMPT), config, prompt_text=PROMPT)
     t0 = time.perf_counter()
@@ -68,7 +70,7 @@ def stack_tokens_per_s(stack: Stack, method: str, n: int, watched: bool) -> tupl
 
 
 def stack_ratios(stack: Stack, n: int, repeats: int) -> dict[str, object]:
-    """Guarded over unguarded tokens/s per method, alternating runs so noise hits both alike."""
+    """Guarded over unguarded tokens/s per method (medians), alternating runs so noise hits both alike."""
     out: dict[str, object] = {}
     for method in ("greedy", "saffron"):
         stack_tokens_per_s(stack, method, 4, True)  # warm-up (loads, first-call costs)
@@ -77,8 +79,8 @@ def stack_ratios(stack: Stack, n: int, repeats: int) -> dict[str, object]:
             rate, path = stack_tokens_per_s(stack, method, n, True)
             on.append(rate)
             off.append(stack_tokens_per_s(stack, method, n, False)[0])
-        out[f"stack_{method}_guarded_tokens_per_s"] = sum(on) / len(on)
-        out[f"stack_{method}_unguarded_tokens_per_s"] = sum(off) / len(off)
+        out[f"stack_{method}_guarded_tokens_per_s"] = statistics.median(on)
+        out[f"stack_{method}_unguarded_tokens_per_s"] = statistics.median(off)
         out[f"stack_{method}_monitor_path"] = path
     out["stack_guarded_over_unguarded"] = {
         m: out[f"stack_{m}_guarded_tokens_per_s"] / out[f"stack_{m}_unguarded_tokens_per_s"]  # type: ignore[operator]
@@ -113,7 +115,7 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--gen-tokens", type=int, default=64)
     p.add_argument("--stack-tokens", type=int, default=32, help="new tokens per stack generation")
-    p.add_argument("--repeats", type=int, default=2, help="alternating guarded/unguarded pairs")
+    p.add_argument("--repeats", type=int, default=3, help="alternating guarded/unguarded pairs")
     args = p.parse_args()
     setup(args)
     policy = load_policy("smollm2", dtype="float32")
