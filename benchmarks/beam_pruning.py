@@ -47,7 +47,7 @@ def harm(harness: Any, beams: HeadsBeamMonitor, args: argparse.Namespace) -> dic
     """ASR (learned and request judges) of Saffron with the option off and on."""
     prompts = load_prompts(args.harmful_prompts, limit=args.harmful)
     out: dict[str, Any] = {}
-    for on in (False, True):
+    for on in args.modes:
         cfg = SearchConfig(method="saffron", budget=args.budget, max_new_tokens=args.max_new_tokens,
                            max_commit_lag=None, prune_flagged_beams=on)
         items, runs = [], []
@@ -67,7 +67,14 @@ def harm(harness: Any, beams: HeadsBeamMonitor, args: argparse.Namespace) -> dic
             "flagged_beams": sum(r["flagged_beams"] for r in runs),
             "tokens": sum(len(r["ids"]) for r in runs) / n,
             "wall_s_per_prompt": sum(r["wall_s"] for r in runs) / n,
+            "ids": [r["ids"] for r in runs],  # dropped from the report (harmful text stays out)
         }
+    if len(out) == 2:
+        out["on"]["changed_outputs"] = sum(
+            a != b for a, b in zip(out["off"]["ids"], out["on"]["ids"], strict=True)
+        )
+    for v in out.values():
+        del v["ids"]
     return out
 
 
@@ -77,7 +84,7 @@ def quality(harness: Any, beams: HeadsBeamMonitor, args: argparse.Namespace) -> 
     rows = rows[: args.benign]
     _, refusal = load_judges()
     out: dict[str, Any] = {}
-    for on in (False, True):
+    for on in args.modes:
         cfg = SearchConfig(method="saffron", budget=args.budget, max_new_tokens=args.quality_tokens,
                            max_commit_lag=None, prune_flagged_beams=on)
         runs = [_search(harness, beams, r["prompt"], [], cfg) for r in rows]
@@ -91,12 +98,12 @@ def quality(harness: Any, beams: HeadsBeamMonitor, args: argparse.Namespace) -> 
             **summarise(measured),
             "blocked": sum(r["blocked"] for r in runs),
             "flagged_beams": sum(r["flagged_beams"] for r in runs),
-            "changed_outputs": None,
             "wall_s_per_prompt": sum(r["wall_s"] for r in runs) / len(runs),
             "texts": [r["text"] for r in runs],
         }
-    off, on_ = out["off"], out["on"]
-    on_["changed_outputs"] = sum(a != b for a, b in zip(off["texts"], on_["texts"], strict=True))
+    if len(out) == 2:
+        off, on_ = out["off"], out["on"]
+        on_["changed_outputs"] = sum(a != b for a, b in zip(off["texts"], on_["texts"], strict=True))
     return out
 
 
@@ -110,22 +117,28 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=50)
     ap.add_argument("--quality-tokens", type=int, default=48)
+    ap.add_argument("--modes", default="off,on", help="which runs: off, on or both (side by side)")
+    ap.add_argument("--rule-theta", type=float, default=None, help="the pruning rule's theta (default: the monitor's)")
+    ap.add_argument("--rule-k", type=int, default=None, help="the pruning rule's k (default: the monitor's)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    args.modes = [m.strip() == "on" for m in args.modes.split(",")]
     settings = AttackSettings(prefill=args.prefill, max_new_tokens=args.max_new_tokens)
     harness = build_harness(policy="smollm2", mrm="bundled", monitor="bundled", judges="bundled",
                             cache_dir="../runs/beam_pruning/cache", settings=settings)
     learned = harness.learned
-    beams = HeadsBeamMonitor(learned, learned.rule)
+    rule = learned.rule.model_copy(update={k: v for k, v in (("theta", args.rule_theta), ("k", args.rule_k))
+                                           if v is not None})
+    beams = HeadsBeamMonitor(learned, rule)
     report = {"harm": harm(harness, beams, args), "quality": quality(harness, beams, args),
-              "args": vars(args), "rule": learned.rule.model_dump()}
+              "args": vars(args), "rule": rule.model_dump()}
     if args.json:
         print(json.dumps(report, indent=1, ensure_ascii=False))
         return
     print("| slice | option | metric values |")
     print("|---|---|---|")
     for part in ("harm", "quality"):
-        for k in ("off", "on"):
+        for k in report[part]:
             vals = {m: v for m, v in report[part][k].items() if m != "texts"}
             print(f"| {part} | {k} | {vals} |")
 

@@ -167,3 +167,15 @@ def test_pruning_without_a_beam_monitor_is_a_clear_error(models):
         "".join(_guarded(engine, own, prune_flagged_beams=True))
     # methods without a frontier ignore the setting, as they ignore budget
     assert engine.search(engine.chat_prompt_ids(PROMPT), _config("greedy", prune_flagged_beams=True)).token_ids
+
+
+def test_chat_saffron_takes_the_setting_and_refuses_when_every_beam_is_flagged(models):
+    from langchain_saffron import ChatSaffron
+
+    engine = _engine(models)
+    chat = ChatSaffron(policy=engine.policy, mrm=engine.mrm, monitor=_heads(models, MonitorRule(theta=0.0, k=1)),
+                       budget=3, max_new_tokens=6, prune_flagged_beams=True, on_violation="refuse")
+    out = chat.invoke(PROMPT)
+    meta = out.response_metadata["saffron"]
+    assert meta["blocked"] and out.content == "I can't help with that."
+    assert meta["stats"]["stop_reason"] == FLAGGED
