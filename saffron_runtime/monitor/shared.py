@@ -179,7 +179,7 @@ class HeadsBeamMonitor:
         """Every beam's state after its newest token and whether the rule fired (one heads call)."""
         if len(states) != len(nodes) or not all(isinstance(s, RuleState) for s in states):
             raise ConfigError("HeadsBeamMonitor.advance needs one RuleState (from start()) per node")
-        new = [dataclasses.replace(s) for s in states]  # type: ignore[type-var]
+        new: list[object] = [dataclasses.replace(s) for s in states]  # type: ignore[type-var]
         rows = [i for i, n in enumerate(nodes) if n.token not in self._special]
         missing = {i for i in rows if nodes[i].hidden is None}
         fired = [i in missing for i in range(len(nodes))]  # no hidden state: fail closed
@@ -190,7 +190,9 @@ class HeadsBeamMonitor:
             tok, resp = self.model.head_scores(torch.stack([nodes[i].hidden for i in rows]))
         finite = torch.isfinite(tok) & torch.isfinite(resp)
         for i, t, r, ok in zip(rows, tok.tolist(), resp.tolist(), finite.tolist(), strict=True):
-            hit, _ = new[i].update(t, r) if ok else (True, 0.0)
+            state = new[i]
+            assert isinstance(state, RuleState)
+            hit, _ = state.update(t, r) if ok else (True, 0.0)
             fired[i] = hit
         return new, fired
 
