@@ -12,12 +12,30 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from saffron_runtime.constraints import Grammar
-from saffron_runtime.errors import Verdict
+from saffron_runtime.errors import ConfigError, Verdict
 from saffron_runtime.monitor.adapters import StreamingMonitor, prompt_checker
-from saffron_runtime.monitor.shared import MonitorPath, SharedHiddenSession, open_session
+from saffron_runtime.monitor.shared import (
+    MonitorPath,
+    SharedHiddenSession,
+    beam_monitor_for,
+    open_session,
+)
 from saffron_runtime.search.config import SearchConfig
-from saffron_runtime.search.engine import SearchEngine
+from saffron_runtime.search.engine import PRUNING_METHODS, SearchEngine
+from saffron_runtime.search.flagging import FLAGGED, BeamMonitor
 from saffron_runtime.search.result import SearchResult, SearchStats
+
+
+def _flagged_verdict(committed: str) -> Verdict:
+    """The verdict of a search that ended because the monitor flagged every live beam."""
+    return Verdict(
+        unsafe=True,
+        rule="beams-flagged",
+        score=1.0,
+        position=None,
+        reason=f"{FLAGGED} (prune_flagged_beams): the search ended closed after "
+        f"{len(committed)} committed characters",
+    )
 
 
 class LinkedStopEvent(threading.Event):
@@ -105,6 +123,7 @@ class GuardedGeneration:
             prompt_text=self.prompt_text if needs_text else None,
             constraint=self.constraint,
             prefill_ids=self.prefill_ids,
+            beam_monitor=self._beam_monitor(),
         )
         session, out.monitor_path = open_session(
             self.monitor,
@@ -135,6 +154,9 @@ class GuardedGeneration:
                 if verdict is not None:
                     self._block(verdict)
                     return
+            if stream.stats.stop_reason == FLAGGED:  # ended closed: nothing more is released
+                self._block(_flagged_verdict(out.committed_text))
+                return
             if session is not None:
                 verdict = session.finish()
                 delta = session.release_all() if verdict is None else session.release()
@@ -151,6 +173,27 @@ class GuardedGeneration:
             out.result = stream.result
             if out.verdict is not None:
                 out.steps_after_verdict = stream.stats.steps - self._steps_at_verdict
+
+    def _beam_monitor(self) -> BeamMonitor | None:
+        """The monitor's heads on the policy's hidden states, when the config prunes flagged beams."""
+        cfg = self.config
+        if not (cfg.prune_flagged_beams and cfg.method in PRUNING_METHODS):
+            return None
+        beams = beam_monitor_for(
+            self.monitor,
+            self.prompt_text,
+            self.engine.policy_cache,
+            self.engine.policy.tokenizer,
+            self.prompt_ids,
+        )
+        if beams is None:
+            raise ConfigError(
+                "prune_flagged_beams=True needs an SCM monitor whose heads read the policy's own "
+                "hidden states (the bundled heads monitor on SmolLM2, with the policy's chat template "
+                f"as the prompt); this monitor ({type(self.monitor).__name__}) cannot score beams: "
+                "use monitor='bundled' or set prune_flagged_beams=False"
+            )
+        return beams
 
     def _block(self, verdict: Verdict) -> None:
         self.stop_event.set()

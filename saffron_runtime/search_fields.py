@@ -71,6 +71,12 @@ class SearchFields(BaseModel):
     only the best beam's subtree so the agreed text is committed (and shown) sooner. 8 keeps a chat
     stream steady; ``None`` never prunes (pruning can change which answer the search returns; the
     published attack evaluation ran without it and passes ``None`` itself)."""
+    prune_flagged_beams: bool = False
+    """Saffron and PRM beam: the streaming monitor's heads score every live beam's newest token from
+    the hidden state the policy's forward kept (no extra forward), and beams its rule flags leave
+    the frontier before they are committed, so the search picks another. If every beam is flagged,
+    the search ends blocked (nothing flagged is released). Needs an SCM monitor on the policy's own
+    model (the bundled heads monitor); off by default, so outputs stay as they were."""
     unseen_reward: float = UNSEEN_REWARD
     """Reward of tokens the MRM never saw supervised in training (conservative: they lose)."""
     seed: int = 0

@@ -22,6 +22,7 @@ it): it costs one single-token forward on the policy's trie.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Literal
 
@@ -34,11 +35,11 @@ from saffron_runtime.monitor import faults
 from saffron_runtime.monitor.adapters import SCMMonitor, StreamingMonitor
 from saffron_runtime.monitor.faults import checked_scores
 from saffron_runtime.monitor.model import SCMMonitorModel
-from saffron_runtime.monitor.rules import MonitorRule
+from saffron_runtime.monitor.rules import MonitorRule, RuleState
 from saffron_runtime.monitor.session import MonitorSession, SCMSession
+from saffron_runtime.search.decode import IncrementalDecoder
 
 MonitorPath = Literal["shared", "separate"]
-_REPLACEMENT = "\ufffd"
 
 
 class _NoKV:
@@ -66,8 +67,7 @@ class SharedHiddenSession(SCMSession):
         self._cursor: TrieNode | None = None  # the node of the last committed token
         self._pending: list[torch.Tensor] = []
         self._special = frozenset(int(t) for t in model.tokenizer.all_special_ids)
-        self._decoded_ids: list[int] = []
-        self._decoded = ""
+        self._decoder = IncrementalDecoder(model.tokenizer)
         self.extra_forwards = 0
         """Single-token policy forwards run for tokens the search never expanded (the last one)."""
         self._held = True
@@ -111,15 +111,9 @@ class SharedHiddenSession(SCMSession):
         return child.hidden
 
     def _piece(self, token: int) -> str:
-        """The text ``token`` adds (empty while a multi-byte character is incomplete)."""
-        self._decoded_ids.append(token)
-        text = self.model.tokenizer.decode(
-            self._decoded_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        ).rstrip(_REPLACEMENT)
-        if not text.startswith(self._decoded):
-            return ""
-        piece, self._decoded = text[len(self._decoded) :], text
-        return piece
+        """The text ``token`` adds (empty while a multi-byte character is incomplete), from a
+        bounded window of ids, so a token's cost does not grow with the response's length."""
+        return self._decoder.push([token])
 
     # -------------------------------------------------------------- feeding
     def feed_tokens(self, token_ids: Sequence[int]) -> Verdict | None:
@@ -158,6 +152,65 @@ class SharedHiddenSession(SCMSession):
         if self._held:
             self._held = False
             self._trie.release_hidden()
+
+
+class HeadsBeamMonitor:
+    """Scores search beams with an SCM monitor's heads from the hidden states on their policy trie
+    nodes (the :class:`~saffron_runtime.search.flagging.BeamMonitor` of ``prune_flagged_beams``).
+
+    Each beam's state is a :class:`RuleState` for its own path, so a beam is flagged exactly when
+    the streaming monitor's rule would fire on its tokens. Special tokens are not scored (as the
+    shared session). It fails closed: a node without a kept hidden state, or a non-finite score,
+    flags its beam.
+    """
+
+    def __init__(self, model: SCMMonitorModel, rule: MonitorRule) -> None:
+        self.model = model
+        self.rule = rule
+        self._special = frozenset(int(t) for t in model.tokenizer.all_special_ids)
+
+    def start(self) -> RuleState:
+        """The root's state: nothing counted yet."""
+        return RuleState(self.rule)
+
+    def advance(
+        self, states: Sequence[object], nodes: Sequence[TrieNode]
+    ) -> tuple[list[object], list[bool]]:
+        """Every beam's state after its newest token and whether the rule fired (one heads call)."""
+        if len(states) != len(nodes) or not all(isinstance(s, RuleState) for s in states):
+            raise ConfigError("HeadsBeamMonitor.advance needs one RuleState (from start()) per node")
+        new: list[object] = [dataclasses.replace(s) for s in states]  # type: ignore[type-var]
+        rows = [i for i, n in enumerate(nodes) if n.token not in self._special]
+        missing = {i for i in rows if nodes[i].hidden is None}
+        fired = [i in missing for i in range(len(nodes))]  # no hidden state: fail closed
+        rows = [i for i in rows if i not in missing]
+        if not rows:
+            return new, fired
+        with torch.no_grad():
+            tok, resp = self.model.head_scores(torch.stack([nodes[i].hidden for i in rows]))
+        finite = torch.isfinite(tok) & torch.isfinite(resp)
+        for i, t, r, ok in zip(rows, tok.tolist(), resp.tolist(), finite.tolist(), strict=True):
+            state = new[i]
+            assert isinstance(state, RuleState)
+            hit, _ = state.update(t, r) if ok else (True, 0.0)
+            fired[i] = hit
+        return new, fired
+
+
+def beam_monitor_for(
+    monitor: StreamingMonitor | None,
+    prompt: str,
+    cache: TrieKVCache,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: Sequence[int],
+) -> HeadsBeamMonitor | None:
+    """The beam monitor of ``monitor`` when its heads can read the policy's own hidden states (the
+    conditions of :func:`can_share` on the prompt; a forced prefill is allowed: the heads then read
+    states that saw it, as a judge reading the whole transcript would), else None."""
+    if not can_share(monitor, prompt, cache, tokenizer, prompt_ids):
+        return None
+    assert isinstance(monitor, SCMMonitor)
+    return HeadsBeamMonitor(monitor.model, monitor.rule)
 
 
 def can_share(

@@ -32,6 +32,7 @@ class Beam:
     parent: Beam | None = None
     logprob: float = 0.0  # the policy's summed log-probability of ``ids``
     key: float = 0.0  # the search objective's value (what the frontier ranks by)
+    guard: object | None = None  # a beam monitor's rule state for this path (flagging.py)
 
 
 def common_prefix(seqs: Sequence[list[int]]) -> int:

@@ -25,6 +25,7 @@ from saffron_runtime.models.loading import LoadedModel
 from saffron_runtime.models.mrm import MultifurcationRewardModel
 from saffron_runtime.models.vocab import check_vocab_compatible
 from saffron_runtime.search.config import SearchConfig
+from saffron_runtime.search.flagging import BeamMonitor
 from saffron_runtime.search.method import Scorer
 from saffron_runtime.search.prm import ProcessRewardModel
 from saffron_runtime.search.registry import method_class
@@ -32,6 +33,9 @@ from saffron_runtime.search.result import SearchResult, SearchStats, StreamChunk
 from saffron_runtime.search.run import SearchRun
 
 __all__ = ["Scorer", "SearchEngine", "SearchStream", "StreamChunk"]
+
+PRUNING_METHODS = ("saffron", "prm_beam")
+"""The methods that read ``prune_flagged_beams`` (the frontier searches); the others ignore it."""
 
 
 class SearchStream:
@@ -114,6 +118,7 @@ class SearchEngine:
         constraint: Grammar | None = None,
         scorer: Scorer | None = None,
         reward_sees_prefill: bool = False,
+        beam_monitor: BeamMonitor | None = None,
     ) -> SearchStream:
         """A streaming search.
 
@@ -121,13 +126,26 @@ class SearchEngine:
         the MRM or PRM). ``prefill_ids`` are forced after the prompt (a prefilling attack): the policy
         conditions on them; the result does not include them, and the reward models do not read them
         unless ``reward_sees_prefill`` (then they score the prefill and the continuation as one
-        response, as a judge reading the whole transcript would).
+        response, as a judge reading the whole transcript would). ``beam_monitor`` scores every
+        live beam when ``config.prune_flagged_beams`` is on (see :mod:`.flagging`); the policy's
+        trie keeps hidden states for it while the search runs.
         """
         cfg = config or SearchConfig()
         ids = [int(t) for t in prompt_ids] + [int(t) for t in prefill_ids]
         self._validate(prompt_ids, ids, cfg, prompt_text, scorer)
+        prunes = cfg.prune_flagged_beams and cfg.method in PRUNING_METHODS
+        if prunes and beam_monitor is None:
+            raise ConfigError(
+                "prune_flagged_beams=True needs a monitor that scores beams: run the search through "
+                "ChatSaffron or GuardedGeneration with an SCM monitor on the policy's own model (the "
+                "bundled heads monitor), or pass beam_monitor=; or set prune_flagged_beams=False"
+            )
         run = SearchRun(
-            self, cfg, stop_event, reward_extra=prefill_ids if reward_sees_prefill else ()
+            self,
+            cfg,
+            stop_event,
+            reward_extra=prefill_ids if reward_sees_prefill else (),
+            beam_monitor=beam_monitor if prunes else None,
         )
         method = method_class(cfg)(run, ids, prompt_text or "", constraint, scorer)
         return SearchStream(_closing(run, method.search()), run.stats)
@@ -173,9 +191,15 @@ def _eos_ids(policy: LoadedModel) -> frozenset[int]:
 
 
 def _closing(run: SearchRun, steps: Iterator[StreamChunk]) -> Iterator[StreamChunk]:
-    """The method's steps; the request's trie references are released however the stream ends."""
+    """The method's steps; the request's trie references are released however the stream ends
+    (and the policy trie's hidden states, kept for a beam monitor, are no longer asked for)."""
+    holds = run.beam_monitor is not None
+    if holds:
+        run.engine.policy_cache.hold_hidden()
     try:
         result = yield from steps
     finally:
         run.close()
+        if holds:
+            run.engine.policy_cache.release_hidden()
     return result

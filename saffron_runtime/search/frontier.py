@@ -65,6 +65,7 @@ class Candidates:
             constraint=parent.constraint,
             logprob=float(logprobs[j]) if logprobs is not None else 0.0,
             key=float(keys[j]),
+            guard=parent.guard,
         )
 
 
@@ -95,6 +96,8 @@ class FrontierSearch(SearchMethod):
         """The shared loop (see the module docstring)."""
         run = self.run
         root = self.start()
+        if run.beam_monitor is not None:
+            root.guard = run.beam_monitor.start()
         frontier: list[Beam] = [root]
         pool: list[Beam] = []
         for step in range(self.config.max_new_tokens):
@@ -106,7 +109,12 @@ class FrontierSearch(SearchMethod):
             run.stats.steps += 1
             run.stats.expanded_nodes += len(active)
             frontier, pool, grow = self.select(frontier, pool, self.candidates(active))
-            self.expand([] if self.is_last(step) else grow)
+            grow = [] if self.is_last(step) else grow
+            self.expand(grow)
+            if run.beam_monitor is not None and grow:
+                frontier = self.drop_flagged(frontier, grow)
+                if not frontier and not pool:  # nothing unflagged is left: end closed
+                    return (yield from run.flagged())
             self.policy_session.set_live([b.pnode for b in frontier + pool])
             self.reward_session.set_live([b.rnode for b in frontier + pool if b.rnode is not None])
             live = [b.ids for b in frontier] + [b.ids for b in pool]
@@ -138,6 +146,20 @@ class FrontierSearch(SearchMethod):
         if len(pool) >= budget:
             new_frontier = []  # enough finished hypotheses
         return new_frontier, pool, new_frontier
+
+    def drop_flagged(self, frontier: list[Beam], grown: list[Beam]) -> list[Beam]:
+        """The frontier without the just-expanded beams whose newest token makes the monitor's rule
+        fire (scored from the hidden states their forward kept; see :mod:`.flagging`)."""
+        monitor = self.run.beam_monitor
+        assert monitor is not None
+        states, fired = monitor.advance([b.guard for b in grown], [b.pnode for b in grown])
+        flagged: set[int] = set()
+        for beam, state, hit in zip(grown, states, fired, strict=True):
+            beam.guard = state
+            if hit:
+                flagged.add(id(beam))
+        self.run.stats.flagged_beams += len(flagged)
+        return [b for b in frontier if id(b) not in flagged] if flagged else frontier
 
     def prune_key(self, beam: Beam) -> float:
         """What ranks beams when pruning for the commit lag."""

@@ -34,6 +34,7 @@ class SearchStats:
     flops_reward: float = 0.0
     wall_s: float = 0.0
     time_to_first_commit_s: float | None = None
+    flagged_beams: int = 0  # beams pruned because the monitor flagged them (prune_flagged_beams)
     stopped: bool = False
     stop_reason: str = ""
 

@@ -21,6 +21,7 @@ from saffron_runtime.search.beam import Beam, common_prefix
 from saffron_runtime.search.config import SearchConfig
 from saffron_runtime.search.decode import IncrementalDecoder, final_text
 from saffron_runtime.search.filters import EosStop, StopStrings
+from saffron_runtime.search.flagging import FLAGGED, BeamMonitor
 from saffron_runtime.search.result import Hypothesis, SearchResult, SearchStats, StreamChunk
 
 if TYPE_CHECKING:
@@ -37,8 +38,10 @@ class SearchRun:
         stop_event: threading.Event | None,
         *,
         reward_extra: Sequence[int] = (),
+        beam_monitor: BeamMonitor | None = None,
     ) -> None:
         self.engine = engine
+        self.beam_monitor = beam_monitor  # prunes flagged beams (only when the config asks)
         self.config = config
         self.stop_event = stop_event
         self.stats = SearchStats(method=config.method)
@@ -192,6 +195,21 @@ class SearchRun:
             score=best.score,
             finished=best.finished,
             pool=pool,
+            stats=self.stats,
+        )
+
+    def flagged(self) -> Iterator[StreamChunk]:  # a generator that returns the SearchResult
+        """End closed: every live beam was flagged, so nothing more is committed; the result holds
+        only the text already streamed (each of its tokens was cleared on every live beam)."""
+        self.stats.stopped = True
+        self.stats.stop_reason = FLAGGED
+        self.stats.wall_s = time.perf_counter() - self.t0
+        yield from ()
+        return SearchResult(
+            text=self.decoder.emitted,
+            token_ids=list(self.decoder.ids),
+            score=float("-inf"),
+            finished=False,
             stats=self.stats,
         )
 
