@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from saffron_runtime.constraints import Grammar
 from saffron_runtime.errors import ConfigError, Verdict
 from saffron_runtime.monitor.adapters import StreamingMonitor, prompt_checker
+from saffron_runtime.monitor.session import MonitorSession
 from saffron_runtime.monitor.shared import (
     MonitorPath,
     SharedHiddenSession,
@@ -21,9 +22,9 @@ from saffron_runtime.monitor.shared import (
     open_session,
 )
 from saffron_runtime.search.config import SearchConfig
-from saffron_runtime.search.engine import PRUNING_METHODS, SearchEngine
+from saffron_runtime.search.engine import PRUNING_METHODS, SearchEngine, SearchStream
 from saffron_runtime.search.flagging import FLAGGED, BeamMonitor
-from saffron_runtime.search.result import SearchResult, SearchStats
+from saffron_runtime.search.result import SearchResult, SearchStats, StreamChunk
 
 
 def _flagged_verdict(committed: str) -> Verdict:
@@ -114,40 +115,14 @@ class GuardedGeneration:
             )
             self._block(verdict)
             return
-        needs_text = self.config.method in ("saffron", "prm_beam", "best_of_n")
         out = self.outcome
-        stream = self.engine.stream(
-            self.prompt_ids,
-            self.config,
-            self.stop_event,
-            prompt_text=self.prompt_text if needs_text else None,
-            constraint=self.constraint,
-            prefill_ids=self.prefill_ids,
-            beam_monitor=self._beam_monitor(),
-        )
-        session, out.monitor_path = open_session(
-            self.monitor,
-            self.prompt_text,
-            self.engine.policy_cache,
-            self.engine.policy.tokenizer,
-            self.prompt_ids + self.prefill_ids,
-        )
+        stream, session = self._open_stream()
         shared = session if isinstance(session, SharedHiddenSession) else None
-        out.stats = stream.stats
         gen = iter(stream)
         try:
             for chunk in gen:
                 out.committed_text += chunk.text
-                if session is None:
-                    if chunk.text:
-                        out.released += chunk.text
-                        yield chunk.text
-                    continue
-                if shared is not None:  # the policy's own ids, scored from its trie's hidden states
-                    verdict = shared.feed_tokens(chunk.token_ids) if chunk.token_ids else None
-                else:
-                    verdict = session.feed_text(chunk.text) if chunk.text else None
-                delta = session.release()
+                delta, verdict = self._feed(session, shared, chunk)
                 if delta:
                     out.released += delta
                     yield delta
@@ -173,6 +148,41 @@ class GuardedGeneration:
             out.result = stream.result
             if out.verdict is not None:
                 out.steps_after_verdict = stream.stats.steps - self._steps_at_verdict
+
+    def _open_stream(self) -> tuple[SearchStream, MonitorSession | None]:
+        """Start the search's stream and open the monitor's session on it (shared or separate)."""
+        needs_text = self.config.method in ("saffron", "prm_beam", "best_of_n")
+        stream = self.engine.stream(
+            self.prompt_ids,
+            self.config,
+            self.stop_event,
+            prompt_text=self.prompt_text if needs_text else None,
+            constraint=self.constraint,
+            prefill_ids=self.prefill_ids,
+            beam_monitor=self._beam_monitor(),
+        )
+        session, self.outcome.monitor_path = open_session(
+            self.monitor,
+            self.prompt_text,
+            self.engine.policy_cache,
+            self.engine.policy.tokenizer,
+            self.prompt_ids + self.prefill_ids,
+        )
+        self.outcome.stats = stream.stats
+        return stream, session
+
+    @staticmethod
+    def _feed(
+        session: MonitorSession | None, shared: SharedHiddenSession | None, chunk: StreamChunk
+    ) -> tuple[str, Verdict | None]:
+        """One committed chunk through the monitor: the text it clears now, and its verdict if it fired."""
+        if session is None:  # unwatched: everything committed is released
+            return chunk.text, None
+        if shared is not None:  # the policy's own ids, scored from its trie's hidden states
+            verdict = shared.feed_tokens(chunk.token_ids) if chunk.token_ids else None
+        else:
+            verdict = session.feed_text(chunk.text) if chunk.text else None
+        return session.release(), verdict
 
     def _beam_monitor(self) -> BeamMonitor | None:
         """The monitor's heads on the policy's hidden states, when the config prunes flagged beams."""
