@@ -171,3 +171,41 @@ def test_a_fault_in_the_merged_forward_reaches_every_caller_of_the_batch(engine,
         t.join(timeout=60)
     assert errors and all("injected device fault" in str(e) for e in errors)
     assert batcher.active == 0
+
+
+def _answer(service: Any, prompt: str) -> tuple[str, str, bool]:
+    from saffron_runtime.serve.protocol import parse_request
+
+    prepared = service.prepare(parse_request({"messages": [{"role": "user", "content": prompt}]}),
+                               threading.Event())
+    service.admit(prepared)
+    try:
+        text = "".join(service.run(prepared))
+    finally:
+        service.release(prepared)
+    end = service.final(prepared)
+    return text + end.tail, end.finish_reason, end.saffron["blocked"]
+
+
+def test_the_service_steps_concurrent_requests_together_and_answers_as_one_at_a_time(saved):
+    from saffron_runtime.serve.service import GuardedService, ServiceOptions
+
+    def service(max_batch: int) -> GuardedService:
+        return GuardedService(ServiceOptions(
+            policy=str(saved / "policy"), mrm=str(saved / "mrm"), monitor=str(saved / "monitor"),
+            prm=None, search={"max_new_tokens": 6, "budget": 2}, max_batch=max_batch))
+
+    serial = service(1)
+    assert serial.batcher is None
+    expected = [_answer(serial, p) for p in PROMPTS]
+    batched = service(4)
+    got: list[Any] = [None] * len(PROMPTS)
+    threads = [threading.Thread(target=lambda i=i, p=p: got.__setitem__(i, _answer(batched, p)))
+               for i, p in enumerate(PROMPTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert got == expected
+    assert batched.batcher is not None and batched.batcher.batches < batched.batcher.calls
+    assert batched.pending == 0 and batched.running == 0 and batched.batcher.active == 0
