@@ -166,6 +166,9 @@ def throughput(args: Any) -> dict[str, Any]:
     methods = {"saffron": {"method": "saffron", "budget": args.budget},
                "greedy": {"method": "greedy"}}
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    for fields in methods.values():  # warm each path once at full length before measuring
+        stream_chat(url, [{"role": "user", "content": "Say hello."}],
+                    {**fields, "max_tokens": args.max_tokens, "min_new_tokens": args.max_tokens})
     for n, clients in enumerate(args.clients):
         for name, fields in methods.items():  # interleaved: saffron then greedy at each level
             extra = {**fields, "max_tokens": args.max_tokens, "min_new_tokens": args.max_tokens}
