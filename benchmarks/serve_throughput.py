@@ -12,6 +12,8 @@
 
     PYTHONPATH=.. python serve_throughput.py [--json] [--policy smollm2] [--max-tokens 16]
 
+Answers the monitor blocks end with their cleared prefix (``on_violation="truncate"``); their tokens
+are not counted (a conservative tokens/s) and the table says how many there were.
 Bounded: a fixed number of requests, an HTTP timeout on each, and a start limit for Serve.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -55,7 +58,8 @@ REQUEST_TIMEOUT_S = 600.0
 
 def stream_chat(url: str, messages: list[dict[str, str]], extra: dict[str, Any]) -> dict[str, Any]:
     """One streaming request: its text, usage, saffron field and time to the first cleared token."""
-    body = {"model": "saffron", "messages": messages, "stream": True, **extra}
+    body = {"model": "saffron", "messages": messages, "stream": True, "on_violation": "truncate",
+            **extra}  # a blocked answer ends with its cleared prefix (counted as blocked)
     headers = {ROUTING_HEADER: prefix_key(messages)}
     t0 = time.perf_counter()
     first: float | None = None
@@ -111,9 +115,12 @@ def concurrency_round(url: str, clients: int, per_client: int, extra: dict[str, 
     t0 = time.perf_counter()
     _threads([lambda i=i: client(i) for i in range(clients)])
     wall = time.perf_counter() - t0
-    tokens = sum(int(d["usage"].get("completion_tokens", 0)) for d in done)
+    tokens = sum(int(d["usage"].get("completion_tokens", 0)) for d in done
+                 if not d["saffron"].get("blocked"))
     ttfts = [d["ttft_s"] for d in done if d["ttft_s"] is not None]
-    return {"clients": clients, "requests": len(done), "tokens": tokens, "wall_s": wall,
+    blocked = sum(1 for d in done if d["saffron"].get("blocked"))
+    print(f"  {extra.get('method')} x{clients}: {tokens / wall:.2f} tokens/s", file=sys.stderr)
+    return {"clients": clients, "requests": len(done), "blocked": blocked, "tokens": tokens, "wall_s": wall,
             "tokens_per_s": tokens / wall, "ttft_median_s": statistics.median(ttfts) if ttfts else None,
             "ttft_max_s": max(ttfts) if ttfts else None}
 
@@ -137,6 +144,7 @@ def chat_workload(url: str, users: int, turns: int, extra: dict[str, Any]) -> di
     prompt = sum(p for turn in per_turn for _, p in turn)
     later_h = sum(h for turn in per_turn[1:] for h, _ in turn)
     later_p = sum(p for turn in per_turn[1:] for _, p in turn)
+    print(f"  chat: hit share {hits / prompt:.3f}", file=sys.stderr)
     return {"requests": users * turns, "prompt_tokens": prompt, "cache_hits": hits,
             "hit_share": hits / prompt, "hit_share_turns_2_on": later_h / later_p if later_p else None,
             "wall_s": time.perf_counter() - t0}
@@ -150,7 +158,7 @@ def deploy(args: Any, replicas: int, routing: str, num_cpus: float) -> str:
     from saffron_runtime.serve.service import ServiceOptions
 
     if serve.status().applications.get(APP_NAME) is not None:
-        serve.delete(APP_NAME)
+        serve.shutdown()  # a fresh proxy too: it keeps a deployment's router across redeploys
     service = ServiceOptions(policy=args.policy, search={"max_new_tokens": args.max_tokens,
                                                          "budget": args.budget},
                              queue_limit=args.queue_limit, max_batch=args.max_batch)
@@ -165,19 +173,33 @@ def throughput(args: Any) -> dict[str, Any]:
     url = deploy(args, 1, "prefix", float(args.ray_cpus))
     methods = {"saffron": {"method": "saffron", "budget": args.budget},
                "greedy": {"method": "greedy"}}
-    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for fields in methods.values():  # warm each path once at full length before measuring
         stream_chat(url, [{"role": "user", "content": "Say hello."}],
                     {**fields, "max_tokens": args.max_tokens, "min_new_tokens": args.max_tokens})
-    for n, clients in enumerate(args.clients):
-        for name, fields in methods.items():  # interleaved: saffron then greedy at each level
-            extra = {**fields, "max_tokens": args.max_tokens, "min_new_tokens": args.max_tokens}
-            rows[name].append(concurrency_round(url, clients, args.per_client, extra, offset=n))
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in range(args.rounds):  # up then down the levels, so drift in the machine's load cancels
+        for n, clients in enumerate(args.clients if r % 2 == 0 else args.clients[::-1]):
+            for name, fields in methods.items():  # interleaved: saffron then greedy at each level
+                extra = {**fields, "max_tokens": args.max_tokens, "min_new_tokens": args.max_tokens}
+                one = concurrency_round(url, clients, args.per_client, extra, offset=n + r)
+                runs.setdefault((name, clients), []).append(one)
     out: dict[str, Any] = {}
-    for name, levels in rows.items():
-        base = levels[0]["tokens_per_s"]
-        out[name] = [{**lv, "speedup_vs_1": lv["tokens_per_s"] / base} for lv in levels]
+    for name in methods:
+        levels = [_pooled(runs[(name, c)]) for c in args.clients]
+        out[name] = [{**lv, "speedup_vs_1": lv["tokens_per_s"] / levels[0]["tokens_per_s"]}
+                     for lv in levels]
     return out
+
+
+def _pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level over its rounds: tokens over wall time summed, the TTFT figures over all requests."""
+    tokens, wall = sum(r["tokens"] for r in rounds), sum(r["wall_s"] for r in rounds)
+    return {"clients": rounds[0]["clients"], "requests": sum(r["requests"] for r in rounds),
+            "blocked": sum(r["blocked"] for r in rounds), "tokens": tokens, "wall_s": wall,
+            "tokens_per_s": tokens / wall,
+            "tokens_per_s_by_round": [r["tokens_per_s"] for r in rounds],
+            "ttft_median_s": statistics.median(r["ttft_median_s"] for r in rounds),
+            "ttft_max_s": max(r["ttft_max_s"] for r in rounds)}
 
 
 def routing(args: Any) -> dict[str, Any]:
@@ -196,6 +218,7 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=4)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("--per-client", type=int, default=2, help="requests each client sends in turn")
+    p.add_argument("--rounds", type=int, default=2, help="passes over the levels (up, down, ...)")
     p.add_argument("--users", type=int, default=8)
     p.add_argument("--turns", type=int, default=5)
     p.add_argument("--chat-method", default="saffron")
@@ -231,12 +254,13 @@ def print_tables(results: dict[str, Any]) -> None:
     console = Console()
     if "throughput" in results:
         t = Table(title=f"one replica, {results['policy']}, {results['max_tokens']} tokens per answer")
-        for col in ("method", "clients", "requests", "tokens/s", "x vs 1 client", "TTFT median s",
-                    "TTFT max s"):
+        for col in ("method", "clients", "requests", "blocked", "tokens/s", "x vs 1 client",
+                    "TTFT median s", "TTFT max s"):
             t.add_column(col, justify="right")
         for name, levels in results["throughput"].items():
             for lv in levels:
-                t.add_row(name, str(lv["clients"]), str(lv["requests"]), f"{lv['tokens_per_s']:.2f}",
+                t.add_row(name, str(lv["clients"]), str(lv["requests"]), str(lv["blocked"]),
+                          f"{lv['tokens_per_s']:.2f}",
                           f"{lv['speedup_vs_1']:.2f}", f"{lv['ttft_median_s']:.2f}",
                           f"{lv['ttft_max_s']:.2f}")
         console.print(t)
