@@ -227,6 +227,7 @@ def main() -> None:
     p.add_argument("--ray-cpus", type=int, default=2)
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--skip", choices=["throughput", "routing"], default=None)
+    p.add_argument("--out", type=Path, default=RESULTS, help="where --json writes the object")
     args = p.parse_args()
     from saffron_runtime.serve.deployment import shutdown
 
@@ -241,7 +242,7 @@ def main() -> None:
         shutdown()
     results["machine"] = machine()
     if args.json:
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(results, indent=2))
         return
     print_tables(results)
