@@ -173,9 +173,11 @@ def throughput(args: Any) -> dict[str, Any]:
     url = deploy(args, 1, "prefix", float(args.ray_cpus))
     methods = {"saffron": {"method": "saffron", "budget": args.budget},
                "greedy": {"method": "greedy"}}
-    for fields in methods.values():  # warm each path once at full length before measuring
-        stream_chat(url, [{"role": "user", "content": "Say hello."}],
-                    {**fields, "max_tokens": args.max_tokens, "min_new_tokens": args.max_tokens})
+    # warm-up, not recorded: a single-client round per method (in the first minutes after it
+    # starts, Ray's own processes share the cores, which slowed the first measured round 3-5x)
+    for fields in methods.values():
+        extra = {**fields, "max_tokens": args.max_tokens, "min_new_tokens": args.max_tokens}
+        concurrency_round(url, 1, args.per_client, extra, offset=len(PROMPTS) // 2)
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in range(args.rounds):  # up then down the levels, so drift in the machine's load cancels
         for n, clients in enumerate(args.clients if r % 2 == 0 else args.clients[::-1]):
