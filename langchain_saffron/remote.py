@@ -21,6 +21,7 @@ from langchain_core.outputs import ChatGenerationChunk
 
 from langchain_saffron._guard import verdict_from_dict
 from saffron_runtime.errors import ConfigError, GuardrailViolation, SaffronError, Verdict
+from saffron_runtime.serve.protocol import ROUTING_HEADER, prefix_key
 
 FORWARDED = ("on_violation", "max_tokens")
 """Per-call settings sent as they are (with every search setting)."""
@@ -72,6 +73,11 @@ class RemoteSaffron:
             body["stop"] = list(stop)
         return body
 
+    @staticmethod
+    def headers(body: Mapping[str, Any]) -> dict[str, str]:
+        """The routing key of the chat, so its turns reach the replica that holds its prefix."""
+        return {ROUTING_HEADER: prefix_key(body["messages"])}
+
     def _metadata(self, saffron: Mapping[str, Any]) -> dict[str, Any]:
         return {"saffron": dict(saffron), "model_name": self.model_name}
 
@@ -85,7 +91,8 @@ class RemoteSaffron:
                settings: Mapping[str, Any]) -> AIMessage:
         """One whole answer (``stream: false``)."""
         with httpx.Client(timeout=self.timeout) as client:
-            r = client.post(self.url, json=self.body(messages, stop, settings, stream=False))
+            body = self.body(messages, stop, settings, stream=False)
+            r = client.post(self.url, json=body, headers=self.headers(body))
         data = r.json()
         if r.status_code != 200:
             _raise_for(r.status_code, data, r.headers)
@@ -104,7 +111,7 @@ class RemoteSaffron:
         body = self.body(messages, stop, settings, stream=True)
         try:
             with httpx.Client(timeout=self.timeout) as client, client.stream(
-                    "POST", self.url, json=body) as r:
+                    "POST", self.url, json=body, headers=self.headers(body)) as r:
                 if r.status_code != 200:
                     r.read()
                     _raise_for(r.status_code, r.json(), r.headers)

@@ -40,6 +40,12 @@ def serve(
     host: Annotated[str, typer.Option(help="Listen address (0.0.0.0 for other machines).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
     queue_limit: Annotated[int, typer.Option(help="Requests a replica holds; more get 503.")] = 8,
+    max_batch: Annotated[int, typer.Option(
+        help="Searches a replica steps together, one forward per model per step (1: one at a time).")] = 8,
+    batch_window_ms: Annotated[float, typer.Option(
+        help="How long a batched step waits for a straggling search (ms).")] = 20.0,
+    routing: Annotated[str, typer.Option(
+        help="prefix (a chat's turns go to the replica holding its prefix) | random.")] = "prefix",
     model_name: Annotated[str, typer.Option(help="The model id clients see.")] = "saffron",
 ) -> None:
     """Serve guarded chat completions (OpenAI API) until interrupted.
@@ -52,9 +58,11 @@ def serve(
     service = ServiceOptions(
         policy=policy, mrm=_none(mrm), monitor=_none(monitor), prm=_none(prm),
         search=search.model_dump(include=set(DEFAULTS)), on_violation=validate_on_violation(on_violation),
-        queue_limit=queue_limit, model_name=model_name,
+        queue_limit=queue_limit, max_batch=max_batch, batch_window_ms=batch_window_ms,
+        model_name=model_name,
     )
     cluster = ClusterOptions(address=address, host=host, port=port, replicas=replicas,
-                             num_cpus=num_cpus, num_gpus=num_gpus, ray_cpus=ray_cpus)
+                             num_cpus=num_cpus, num_gpus=num_gpus, ray_cpus=ray_cpus,
+                             routing=routing)  # type: ignore[arg-type]  # validated here
     console.print(f"saffron serve: http://{host}:{port}/v1 (Ctrl-C stops)")
     start(service, cluster, blocking=True)

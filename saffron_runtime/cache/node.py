@@ -63,6 +63,9 @@ class StepOutput:
     hidden: torch.Tensor | None
     tokens_computed: int
     kv_bytes_copied: int
+    hits: int = 0
+    """Tokens this call served from the trie (a prefill's cached prefix; per call, so concurrent
+    searches each count their own)."""
 
 
 @dataclass

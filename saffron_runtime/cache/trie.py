@@ -9,7 +9,8 @@ so a node's KV depends only on its path: that is what makes sharing exact.
 The trie lives with the model (:meth:`TrieKVCache.for_model`), so a later request that repeats a
 conversation's history reuses its KV. A byte budget evicts, least recently used first, leaves that no
 live search references (a :class:`TrieSession` pins what a search holds). All operations are
-serialised by one lock, so concurrent searches on one model share the trie safely.
+serialised by one lock, so concurrent searches on one model share the trie safely; a
+:class:`~saffron_runtime.cache.batcher.StepBatcher` (``batcher``) merges their steps into one forward.
 
 Hidden states: while a reader holds :meth:`TrieKVCache.hold_hidden` (a monitor whose heads read
 this model's own hidden states), every node a forward computes keeps its last hidden state in
@@ -23,6 +24,7 @@ import itertools
 import threading
 import weakref
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -33,6 +35,9 @@ from saffron_runtime.cache.paths import gather_paths, path_of, write_back
 from saffron_runtime.cache.pool import TokenPool
 from saffron_runtime.errors import ConfigError
 from saffron_runtime.models.kv import kv_kwargs, returned_kv
+
+if TYPE_CHECKING:
+    from saffron_runtime.cache.batcher import StepBatcher
 
 __all__ = ["CacheStats", "StepOutput", "TrieKVCache", "TrieNode", "TrieSession"]
 
@@ -58,6 +63,8 @@ class TrieKVCache:
         self._nodes = 0
         self._leaves = LruLeaves(self.root)
         self._hidden_readers = 0
+        self.batcher: StepBatcher | None = None
+        """Set by a server that steps many searches at once: its member threads' extends are merged."""
 
     # ------------------------------------------------------------------ kept hidden states
     @property
@@ -223,7 +230,7 @@ class TrieKVCache:
                 session.pin([node])
             self._after_write()
             h = hidden[:, -1, :] if hidden is not None else None
-            return StepOutput([node], logits, h, n_new, copied)
+            return StepOutput([node], logits, h, n_new, copied, hits=matched)
 
     def extend(
         self,
@@ -242,6 +249,23 @@ class TrieKVCache:
             raise ConfigError("extend needs one token per parent")
         if not parents:
             return StepOutput([], None, None, 0, 0)
+        batcher = self.batcher
+        if batcher is not None and batcher.is_member():  # merged with other searches' steps
+            return batcher.extend(self, parents, tokens, session=session,
+                                  want_logits=want_logits, want_hidden=want_hidden)
+        return self.extend_now(parents, tokens, session=session, want_logits=want_logits,
+                               want_hidden=want_hidden)
+
+    def extend_now(
+        self,
+        parents: Sequence[TrieNode],
+        tokens: Sequence[int],
+        *,
+        session: TrieSession | None = None,
+        want_logits: bool = True,
+        want_hidden: bool = False,
+    ) -> StepOutput:
+        """:meth:`extend` in one forward now, never through the batcher (which calls this)."""
         with self.lock:
             pool = self._ensure_pool()
             order, row_of = _unique_pairs(parents, tokens)

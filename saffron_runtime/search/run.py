@@ -69,9 +69,8 @@ class SearchRun:
     def policy_prefill(self, ids: list[int], sess: TrieSession) -> Beam:
         """Run the prompt through the policy; the root beam of the search."""
         cache, stats = self.engine.policy_cache, self.stats
-        hits_before = cache.stats.hits
         out = cache.prefill(ids, session=sess)
-        stats.cache_hits += cache.stats.hits - hits_before
+        stats.cache_hits += out.hits  # this call's own hits, also when other searches run at once
         stats.cache_misses += out.tokens_computed
         stats.policy_forwards += 1
         stats.policy_tokens += out.tokens_computed

@@ -8,8 +8,10 @@ both call them, so the two speak the same API.
   last chunk (and a whole response) carries ``usage`` and the ``saffron`` field.
 - ``GET /v1/models`` and ``GET /health``.
 
-The search runs in a worker thread; the response generator's ``finally`` sets the run's stop event,
-so a client that disconnects (the generator is cancelled or closed) stops its search within one step.
+The search runs in a worker thread of the service's pool (one per admitted request; the running
+ones step together through the service's batcher); the response generator's ``finally`` sets the
+run's stop event, so a client that disconnects (the generator is cancelled or closed) stops its
+search within one step.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def busy() -> JSONResponse:
 
 async def health(service: GuardedService) -> dict[str, Any]:
     """Liveness plus the load of this replica."""
-    return {"status": "ok", "pending": service.pending, "queue_limit": service.options.queue_limit}
+    return {"status": "ok", "pending": service.pending, "running": service.running,
+            "queue_limit": service.options.queue_limit, "max_batch": service.options.max_batch}
 
 
 async def models(service: GuardedService) -> dict[str, Any]:
@@ -94,7 +97,7 @@ async def _deltas(service: GuardedService, prepared: Prepared) -> AsyncIterator[
             service.release(prepared)
             loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
-    worker = loop.run_in_executor(None, produce)
+    worker = loop.run_in_executor(service.executor, produce)
     try:
         while (item := await queue.get()) is not _DONE:
             if isinstance(item, BaseException):

@@ -1,6 +1,9 @@
 """The Ray Serve deployment: one :class:`GuardedService` per replica behind a FastAPI ingress, and
 :func:`start`, which brings up Ray (embedded single-node, or joins ``address``) and Serve on a port.
 
+Routing: :class:`~saffron_runtime.serve.routing.PrefixAffinityRouter` sends a chat to the replica
+whose trie holds its prefix (``routing="prefix"``, the default) or places requests at random.
+
 Back-pressure has two layers: each replica refuses past its ``queue_limit`` with 503 + Retry-After
 (:mod:`saffron_runtime.serve.app`), and Serve's own ``max_ongoing_requests`` keeps a replica from
 being handed more than that many requests at once. When a replica dies, Serve restarts it (its health
@@ -8,15 +11,17 @@ check fails) and routes new requests to live replicas; a client mid-stream sees 
 an error, never with a final chunk (see docs/serving.md).
 """
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import ConfigDict, Field
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
 from saffron_runtime.config import Settings
 from saffron_runtime.serve import app as routes
+from saffron_runtime.serve.routing import PrefixAffinityRouter
 from saffron_runtime.serve.service import GuardedService, ServiceOptions
 
 APP_NAME = "saffron"
@@ -66,6 +71,9 @@ class ClusterOptions(Settings):
     """GPUs each replica reserves (a fraction shares one GPU)."""
     ray_cpus: int | None = Field(None, ge=1)
     """CPUs an embedded Ray may use (None: all of the machine's)."""
+    routing: Literal["prefix", "random"] = "prefix"
+    """How requests pick a replica: "prefix" (the replica whose trie holds the chat's prefix, by the
+    client's ``x-session-id`` key; the least-loaded one when it is full) or "random"."""
 
 
 def start(service: ServiceOptions, cluster: ClusterOptions, *, blocking: bool = False) -> Any:
@@ -81,6 +89,10 @@ def start(service: ServiceOptions, cluster: ClusterOptions, *, blocking: bool = 
         num_replicas=cluster.replicas,
         max_ongoing_requests=service.queue_limit,
         ray_actor_options={"num_cpus": cluster.num_cpus, "num_gpus": cluster.num_gpus},
+        request_router_config=RequestRouterConfig(
+            request_router_class=PrefixAffinityRouter,
+            request_router_kwargs={"affinity": cluster.routing == "prefix"},
+        ),
     )
     return serve.run(deployment.bind(service.model_dump()), name=APP_NAME, route_prefix="/",
                      blocking=blocking)

@@ -9,6 +9,7 @@ with HTTP 400 in OpenAI's ``{"error": {...}}`` shape.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -26,6 +27,28 @@ IGNORED_OPENAI_FIELDS = frozenset(
      "logit_bias", "stream_options", "parallel_tool_calls", "store", "metadata"}
 )
 """OpenAI fields clients send by default that change nothing here (one answer per request)."""
+
+
+ROUTING_HEADER = "x-session-id"
+"""The header Ray Serve routes by (its session header, ``RAY_SERVE_SESSION_ID_HEADER_KEY``): a
+client that sends :func:`prefix_key` in it reaches the replica whose trie holds its chat's prefix."""
+
+
+def prefix_key(messages: list[Mapping[str, Any]]) -> str:
+    """The routing key of a chat: a hash of its messages up to and including the first user turn.
+
+    Every later turn of one conversation extends that prefix, so all of them share the key (and a
+    replica); different conversations spread over the replicas. Example:
+    ``prefix_key([{"role": "user", "content": "hi"}]) == prefix_key([{"role": "user", "content":
+    "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "more"}])``.
+    """
+    head: list[Any] = []
+    for m in messages:
+        head.append([m.get("role"), m.get("content")])
+        if m.get("role") == "user":
+            break
+    digest = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()
+    return f"chat-{digest[:32]}"
 
 
 class RequestError(ValueError):

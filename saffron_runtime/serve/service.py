@@ -2,9 +2,10 @@
 validated :class:`ChatRequest` into a :class:`GuardedGeneration`, admit requests up to a queue limit,
 and say what a finished (or blocked) run answers.
 
-Searches on one replica run one at a time (a lock around the engine: the engine and its trie are
-not thread-safe, and batching across requests is not built, see docs/serving.md); requests beyond
-the running one wait, up to ``queue_limit`` in all, and the rest are refused (the app answers 503).
+Up to ``max_batch`` searches run at once on one replica, each in its own worker thread, and a
+:class:`~saffron_runtime.cache.batcher.StepBatcher` on the replica's tries runs the decode steps of
+all of them in one forward per model (their prompt prefills run one forward each). Requests beyond
+``max_batch`` wait for a slot, up to ``queue_limit`` in all; the rest are refused (the app answers 503).
 """
 
 from __future__ import annotations
@@ -12,19 +13,24 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ConfigDict, Field
 
+from saffron_runtime.cache.batcher import StepBatcher
 from saffron_runtime.config import Settings
 from saffron_runtime.errors import DEFAULT_REFUSAL, ConfigError, OnViolation, PromptError
 from saffron_runtime.guarded import GuardedGeneration, GuardedOutcome
 from saffron_runtime.search.config import SearchConfig
+from saffron_runtime.search.engine import SearchEngine
 from saffron_runtime.serve.protocol import ChatRequest, RequestError, saffron_field, usage
 from saffron_runtime.stack import StackOptions, build_stack
 
 _FIELD_IN_ERROR = re.compile(r"SearchConfig\.(\w+)")
+_SLOT_POLL_S = 0.05  # a request waiting for a slot checks its stop event this often
 
 
 class ServiceOptions(Settings):
@@ -47,7 +53,11 @@ class ServiceOptions(Settings):
     refusal_message: str = DEFAULT_REFUSAL
     """The answer under ``on_violation="refuse"``."""
     queue_limit: int = Field(8, ge=1, le=4096)
-    """Requests a replica holds at once (one running, the rest waiting); more get 503."""
+    """Requests a replica holds at once (up to ``max_batch`` running, the rest waiting); more get 503."""
+    max_batch: int = Field(8, ge=1, le=1024)
+    """Searches a replica steps together, one forward per model per step (1: one at a time)."""
+    batch_window_ms: float = Field(20.0, ge=0.0, le=1000.0)
+    """How long a step waits for a straggler (a run busy between its steps) before it goes without."""
     model_name: str = "saffron"
     """The model id ``/v1/models`` lists and responses carry."""
 
@@ -89,10 +99,20 @@ class GuardedService:
             policy=options.policy, mrm=options.mrm, monitor=options.monitor, prm=options.prm,
             methods=(self.defaults.method,),
         ))
-        self._engine_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(options.max_batch)
+        self.batcher: StepBatcher | None = None
+        """Merges the running searches' steps (None when ``max_batch`` is 1)."""
+        if options.max_batch > 1:
+            self.batcher = StepBatcher(window_s=options.batch_window_ms / 1000,
+                                       max_batch=options.max_batch)
+        self.executor = ThreadPoolExecutor(max_workers=options.queue_limit,
+                                           thread_name_prefix="saffron-search")
+        """One worker thread per admitted request (the event loop's default pool is smaller)."""
         self._count_lock = threading.Lock()
         self.pending = 0
-        """Requests admitted and not yet finished (running or waiting for the engine)."""
+        """Requests admitted and not yet finished (running or waiting for a slot)."""
+        self.running = 0
+        """Searches running now (at most ``max_batch``)."""
 
     # ------------------------------------------------------------------ admission
     def admit(self, prepared: Prepared) -> None:
@@ -145,14 +165,32 @@ class GuardedService:
         return Prepared(gen, len(ids), request.on_violation or self.options.on_violation, stop_event)
 
     def run(self, prepared: Prepared) -> Iterator[str]:
-        """Released text deltas, one search at a time on this replica (waits for the engine)."""
-        with self._engine_lock:
+        """Released text deltas; waits for one of the ``max_batch`` slots, then steps with the rest.
+        Iterate it in one thread (its search joins the batcher as that thread)."""
+        while not self._slots.acquire(timeout=_SLOT_POLL_S):
             if prepared.stop_event.is_set():  # the client left while waiting
                 return
-            try:
+        with self._count_lock:
+            self.running += 1
+        try:
+            if prepared.stop_event.is_set():
+                return
+            with self._batched(prepared.generation.engine):
                 yield from prepared.generation
-            except PromptError as e:
-                raise RequestError("messages", str(e)) from None
+        except PromptError as e:
+            raise RequestError("messages", str(e)) from None
+        finally:
+            with self._count_lock:
+                self.running -= 1
+            self._slots.release()
+
+    def _batched(self, engine: SearchEngine) -> AbstractContextManager[None]:
+        """Membership of the step batcher on this engine's tries (the engine may be new: a method
+        that needs another model builds one)."""
+        if self.batcher is None:
+            return nullcontext()
+        self.batcher.attach(engine.policy_cache, engine.mrm_cache, engine.prm_cache)
+        return self.batcher.member()
 
     def final(self, prepared: Prepared) -> Final:
         """The end of a run as the client sees it (see ``on_violation``)."""
