@@ -4,8 +4,6 @@ gives the client a clear error while the next request succeeds. Every wait is bo
 
 from __future__ import annotations
 
-import signal
-import socket
 import time
 
 import pytest
@@ -14,39 +12,15 @@ pytest.importorskip("ray.serve")
 openai = pytest.importorskip("openai")
 pytest.importorskip("langchain_openai")
 
+from .serve_support import served  # noqa: E402
+
 pytestmark = pytest.mark.serve
-START_LIMIT_S = 300  # Ray start plus one replica loading, on two busy cores
 MESSAGES = [{"role": "user", "content": "how bake bread?"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _alarm(_signum, _frame):
-    raise TimeoutError(f"the service did not start within {START_LIMIT_S} s")
 
 
 @pytest.fixture(scope="module")
 def base_url(saved):
-    from saffron_runtime.serve.deployment import ClusterOptions, shutdown, start
-    from saffron_runtime.serve.service import ServiceOptions
-
-    port = _free_port()
-    service = ServiceOptions(policy=str(saved / "policy"), mrm=str(saved / "mrm"),
-                             monitor=str(saved / "monitor"), prm=None,
-                             search={"max_new_tokens": 6, "budget": 2})
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(START_LIMIT_S)
-    try:
-        start(service, ClusterOptions(port=port, ray_cpus=2, num_cpus=0.5))
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-    yield f"http://127.0.0.1:{port}/v1"
-    shutdown()
+    yield from served(saved, {"max_new_tokens": 6, "budget": 2})
 
 
 def _kill_replica() -> None:

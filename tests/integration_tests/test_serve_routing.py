@@ -4,47 +4,19 @@ first turn, so the whole earlier prompt is a trie hit there. Every wait is bound
 
 from __future__ import annotations
 
-import signal
-import socket
-
 import pytest
 
 pytest.importorskip("ray.serve")
 pytest.importorskip("langchain_core")
 
+from .serve_support import served  # noqa: E402
+
 pytestmark = pytest.mark.serve
-START_LIMIT_S = 300  # Ray start plus two replicas loading, on two busy cores
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _alarm(_signum, _frame):
-    raise TimeoutError(f"the service did not start within {START_LIMIT_S} s")
 
 
 @pytest.fixture(scope="module")
 def base_url(saved):
-    from saffron_runtime.serve.deployment import ClusterOptions, shutdown, start
-    from saffron_runtime.serve.service import ServiceOptions
-
-    port = _free_port()
-    service = ServiceOptions(policy=str(saved / "policy"), mrm=str(saved / "mrm"),
-                             monitor=str(saved / "monitor"), prm=None,
-                             search={"max_new_tokens": 4, "budget": 2})
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(START_LIMIT_S)
-    try:
-        start(service, ClusterOptions(port=port, ray_cpus=2, num_cpus=0.5, replicas=2,
-                                      routing="prefix"))
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-    yield f"http://127.0.0.1:{port}/v1"
-    shutdown()
+    yield from served(saved, {"max_new_tokens": 4, "budget": 2}, replicas=2, routing="prefix")
 
 
 def test_every_later_turn_of_a_chat_hits_the_trie_that_served_its_first(base_url):

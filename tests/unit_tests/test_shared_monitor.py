@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from saffron_runtime.guarded import GuardedGeneration
-from saffron_runtime.models import LoadedModel, MRMTemplate, MultifurcationRewardModel
+from saffron_runtime.models import LoadedModel
 from saffron_runtime.monitor import MonitorRule, SCMMonitor, SCMMonitorModel
-from saffron_runtime.search import SearchConfig, SearchEngine
+from saffron_runtime.search import SearchConfig
 from saffron_runtime.testing import build_tiny_models
+
+from .engine_support import tiny_saffron_engine
 
 PROMPT = "how make cake"
 NEVER = MonitorRule(theta=1.0, k=50)
@@ -22,11 +24,7 @@ def models():
     return build_tiny_models("llama", seed=3)
 
 
-def _engine(models) -> SearchEngine:
-    mask = torch.zeros(len(models.tokenizer), dtype=torch.bool)
-    mrm = MultifurcationRewardModel(models.reward_backbone, models.tokenizer,
-                                    MRMTemplate(prefix="<|im_start|>", separator="\n"), unseen_mask=mask)
-    return SearchEngine(LoadedModel(models.policy, models.tokenizer, "tiny"), mrm)
+_engine = tiny_saffron_engine
 
 
 def _monitor(models, rule: MonitorRule = NEVER, backbone=None) -> SCMMonitorModel:
