@@ -215,7 +215,7 @@ class ChatSaffron(BaseChatModel, SearchFields):
 
     def _remote_settings(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """What a remote call sends: settings given to this instance, then the call's."""
-        given = {f: getattr(self, f) for f in (*SEARCH_FIELDS, "on_violation")
+        given = {f: getattr(self, f) for f in (*SEARCH_FIELDS, "on_violation", "json_max_string_length")
                  if f in self.model_fields_set}
         return {**given, **{k: v for k, v in kwargs.items() if k in SEARCH_FIELDS or k in FORWARDED}}
 

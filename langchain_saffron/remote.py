@@ -17,14 +17,40 @@ from typing import Any
 import httpx
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages import convert_to_openai_messages as to_openai
+from langchain_core.messages.tool import InvalidToolCall, ToolCall
 from langchain_core.outputs import ChatGenerationChunk
 
 from langchain_saffron._guard import verdict_from_dict
 from saffron_runtime.errors import ConfigError, GuardrailViolation, SaffronError, Verdict
 from saffron_runtime.serve.protocol import ROUTING_HEADER, prefix_key
 
-FORWARDED = ("on_violation", "max_tokens")
+FORWARDED = ("on_violation", "max_tokens", "tools", "tool_choice", "response_format",
+             "json_max_string_length")
 """Per-call settings sent as they are (with every search setting)."""
+
+
+def _tool_choice(choice: Any) -> Any:
+    """LangChain's forcing values as OpenAI's: "any" and True are "required"."""
+    return "required" if choice in ("any", True) else (None if choice is False else choice)
+
+
+def _tool_calls(raw: list[Mapping[str, Any]] | None) -> tuple[list[ToolCall], list[InvalidToolCall]]:
+    """OpenAI's tool calls of a response as LangChain's (arguments that are not a JSON object are
+    invalid calls, as a local call reports them)."""
+    calls: list[ToolCall] = []
+    invalid: list[InvalidToolCall] = []
+    for c in raw or []:
+        fn = c.get("function") or {}
+        name, args, cid = fn.get("name"), fn.get("arguments") or "{}", c.get("id")
+        try:
+            parsed = json.loads(args)
+            if not isinstance(parsed, dict):
+                raise TypeError("arguments must be a JSON object")
+            calls.append(ToolCall(name=name, args=parsed, id=cid, type="tool_call"))
+        except (json.JSONDecodeError, TypeError) as e:
+            invalid.append(InvalidToolCall(name=name or None, args=args, id=cid, error=str(e),
+                                           type="invalid_tool_call"))
+    return calls, invalid
 
 
 class RemoteStreamError(SaffronError):
@@ -68,7 +94,12 @@ class RemoteSaffron:
              settings: Mapping[str, Any], stream: bool) -> dict[str, Any]:
         """The request body: OpenAI messages plus the search settings as extra fields."""
         body: dict[str, Any] = {"model": self.model_name, "messages": to_openai(messages),
-                                "stream": stream, **settings}
+                                "stream": stream, **{k: v for k, v in settings.items() if v is not None}}
+        if "tool_choice" in body:
+            body["tool_choice"] = _tool_choice(body["tool_choice"])
+        if not body.get("tools"):
+            body.pop("tools", None)
+            body.pop("tool_choice", None)
         if stop:
             body["stop"] = list(stop)
         return body
@@ -97,8 +128,11 @@ class RemoteSaffron:
         if r.status_code != 200:
             _raise_for(r.status_code, data, r.headers)
         choice = data["choices"][0]
+        calls, invalid = _tool_calls(choice["message"].get("tool_calls"))
         return AIMessage(
             content=choice["message"].get("content") or "",
+            tool_calls=calls,
+            invalid_tool_calls=invalid,
             usage_metadata=self._usage(data.get("usage")),  # type: ignore[arg-type]
             response_metadata=self._metadata(data.get("saffron") or {}),
         )
@@ -142,8 +176,12 @@ class RemoteSaffron:
             if text:
                 yield ChatGenerationChunk(message=AIMessageChunk(content=text))
             return False
+        calls = [{"name": (c.get("function") or {}).get("name"), "index": c.get("index", i),
+                  "args": (c.get("function") or {}).get("arguments"), "id": c.get("id")}
+                 for i, c in enumerate(choice["delta"].get("tool_calls") or [])]
         yield ChatGenerationChunk(message=AIMessageChunk(
             content=text,
+            tool_call_chunks=calls,  # type: ignore[arg-type]
             usage_metadata=self._usage(event.get("usage")),  # type: ignore[arg-type]
             response_metadata=self._metadata(event.get("saffron") or {}),
             chunk_position="last",

@@ -113,7 +113,8 @@ async def _stream_events(service: GuardedService, prepared: Prepared, cid: str,
     try:
         yield sse(protocol.chunk(cid, model, {"role": "assistant", "content": ""}))
         async for delta in _deltas(service, prepared):
-            yield sse(protocol.chunk(cid, model, {"content": delta}))
+            if not prepared.tools:  # with tools, calls are read from the whole output at the end
+                yield sse(protocol.chunk(cid, model, {"content": delta}))
     except RequestError as e:
         yield sse(protocol.error_body(str(e), kind="invalid_request_error", field=e.field))
         return
@@ -127,7 +128,9 @@ async def _stream_events(service: GuardedService, prepared: Prepared, cid: str,
         yield sse(protocol.error_body(end.error, kind="guardrail_violation",
                                       code="content_filter", saffron=end.saffron))
         return
-    delta = {"content": end.tail} if end.tail else {}
+    delta: dict[str, Any] = {"content": end.tail} if end.tail else {}
+    if end.tool_calls:
+        delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(end.tool_calls)]
     yield sse(protocol.chunk(cid, model, delta, end.finish_reason, usage=end.usage,
                              saffron=end.saffron))
     yield sse("[DONE]")
@@ -145,10 +148,14 @@ async def _whole(service: GuardedService, prepared: Prepared, cid: str, model: s
         body = protocol.error_body(end.error, kind="guardrail_violation", code="content_filter",
                                    saffron=end.saffron)
         return JSONResponse(body, status_code=400)
-    answer = end.tail.lstrip("\n") if prepared.on_violation == "refuse" and end.tail else (
-        "".join(text) + end.tail)
+    if prepared.tools:  # nothing was streamed: the tail is the whole answer
+        answer = end.tail
+    elif prepared.on_violation == "refuse" and end.tail:
+        answer = end.tail.lstrip("\n")
+    else:
+        answer = "".join(text) + end.tail
     return JSONResponse(protocol.completion(cid, model, answer, end.finish_reason, end.usage,
-                                            end.saffron))
+                                            end.saffron, end.tool_calls))
 
 
 def build_app(service: GuardedService) -> FastAPI:

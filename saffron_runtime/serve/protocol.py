@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from saffron_runtime.chat_format import ParsedOutput
 from saffron_runtime.errors import OnViolation, Verdict
 from saffron_runtime.search_fields import SEARCH_FIELDS
 
@@ -76,6 +77,47 @@ class ChatMessage(BaseModel):
             p.get("text", "") for p in self.content or [] if p.get("type", "text") == "text"
         )
 
+    def plain(self, where: str) -> dict[str, Any]:
+        """This message in the plain chat form of :mod:`saffron_runtime.chat_format` (an assistant's
+        ``tool_calls`` with their arguments parsed; ``where`` names the message in errors)."""
+        role = "system" if self.role == "developer" else self.role
+        out: dict[str, Any] = {"role": role, "content": self.text()}
+        extra = self.model_extra or {}
+        if role == "assistant" and extra.get("tool_calls"):
+            out["tool_calls"] = [_call(c, f"{where}.tool_calls[{i}]")
+                                 for i, c in enumerate(extra["tool_calls"])]
+        if role == "tool":
+            out["tool_call_id"] = extra.get("tool_call_id")
+        return out
+
+
+def _call(call: Any, where: str) -> dict[str, Any]:
+    """One OpenAI tool call of the history, ``{"function": {"name", "arguments": "<json>"}}``."""
+    fn = call.get("function") if isinstance(call, Mapping) else None
+    if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+        raise RequestError(where, 'must be {"type": "function", "function": {"name": ..., "arguments": ...}}')
+    args = fn.get("arguments") or "{}"
+    try:
+        parsed = json.loads(args) if isinstance(args, str) else args
+    except json.JSONDecodeError as e:
+        raise RequestError(f"{where}.function.arguments", f"is not JSON: {e}") from None
+    if not isinstance(parsed, Mapping):
+        raise RequestError(f"{where}.function.arguments", "must be a JSON object")
+    return {"name": fn["name"], "args": dict(parsed)}
+
+
+def _check_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Each tool must be ``{"type": "function", "function": {"name": ..., "parameters": {...}}}``."""
+    for i, tool in enumerate(tools or []):
+        fn = tool.get("function")
+        if tool.get("type", "function") != "function" or not isinstance(fn, Mapping) or not (
+                isinstance(fn.get("name"), str) and fn["name"]):
+            raise ValueError(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ..., "
+                             "'parameters': {...}}}}")
+        if not isinstance(fn.get("parameters", {}), Mapping):
+            raise ValueError(f"tools[{i}].function.parameters must be a JSON schema object")
+    return tools
+
 
 class ChatRequest(BaseModel):
     """``POST /v1/chat/completions``: OpenAI's fields, Saffron's search settings and ``on_violation``."""
@@ -90,6 +132,10 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    """"auto", "none", "required" or ``{"type": "function", "function": {"name": ...}}``."""
+    response_format: dict[str, Any] | None = None
+    json_max_string_length: int | None = Field(None, ge=1, le=65536)
+    """Cap on free strings in constrained output (ChatSaffron's setting of the same name)."""
     on_violation: OnViolation | None = None
     search: dict[str, Any] = Field(default_factory=dict)
     """Search settings (the fields of SearchFields), gathered from the extra body fields."""
@@ -98,6 +144,25 @@ class ChatRequest(BaseModel):
     @classmethod
     def _stop_list(cls, v: str | list[str] | None) -> list[str] | None:
         return [v] if isinstance(v, str) else v
+
+    @field_validator("tools")
+    @classmethod
+    def _tools_shape(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        return _check_tools(v)
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_shape(cls, v: Any) -> Any:
+        fn = v.get("function") if isinstance(v, Mapping) else None
+        named = isinstance(fn, Mapping) and isinstance(fn.get("name"), str)
+        if v is None or v in ("auto", "none", "required") or named:
+            return v
+        raise ValueError('must be "auto", "none", "required" or {"type": "function", "function": '
+                         f'{{"name": ...}}}}; got {v!r}')
+
+    def chat(self) -> list[dict[str, Any]]:
+        """The messages as the plain chat the chat template renders."""
+        return [m.plain(f"messages[{i}]") for i, m in enumerate(self.messages)]
 
     def search_settings(self) -> dict[str, Any]:
         """The per-request SearchFields values (OpenAI's ``temperature``, ``top_p`` and ``seed`` are
@@ -166,14 +231,27 @@ def new_id() -> str:
 
 
 def completion(cid: str, model: str, text: str, finish: str, usage: Mapping[str, int],
-               saffron: Mapping[str, Any]) -> dict[str, Any]:
+               saffron: Mapping[str, Any], tool_calls: list[dict[str, Any]] | None = None
+               ) -> dict[str, Any]:
     """A whole (non-streaming) ``chat.completion`` object."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message = {"role": "assistant", "content": text or None, "tool_calls": tool_calls}
     return {
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "finish_reason": finish,
-                     "message": {"role": "assistant", "content": text}}],
+        "choices": [{"index": 0, "finish_reason": finish, "message": message}],
         "usage": dict(usage), "saffron": dict(saffron),
     }
+
+
+def openai_tool_calls(parsed: ParsedOutput) -> list[dict[str, Any]]:
+    """The calls of an output in OpenAI's shape (arguments as a JSON string). A call that does not
+    parse keeps its raw text as ``arguments``, so the client reports it as invalid, as ChatSaffron
+    does locally."""
+    calls = [(c["name"], json.dumps(c["args"], ensure_ascii=False)) for c in parsed.calls]
+    calls += [(c["name"] or "", c["raw"]) for c in parsed.invalid]
+    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+             "function": {"name": name, "arguments": args}} for name, args in calls]
 
 
 def chunk(cid: str, model: str, delta: Mapping[str, Any], finish: str | None = None,

@@ -21,12 +21,26 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from saffron_runtime.cache.batcher import StepBatcher
+from saffron_runtime.chat_format import (
+    parse_tool_text,
+    render_chat,
+    response_schema,
+    schema_constraint,
+    tool_constraint,
+)
 from saffron_runtime.config import Settings
+from saffron_runtime.constraints import Grammar
 from saffron_runtime.errors import DEFAULT_REFUSAL, ConfigError, OnViolation, PromptError
 from saffron_runtime.guarded import GuardedGeneration, GuardedOutcome
 from saffron_runtime.search.config import SearchConfig
 from saffron_runtime.search.engine import SearchEngine
-from saffron_runtime.serve.protocol import ChatRequest, RequestError, saffron_field, usage
+from saffron_runtime.serve.protocol import (
+    ChatRequest,
+    RequestError,
+    openai_tool_calls,
+    saffron_field,
+    usage,
+)
 from saffron_runtime.stack import StackOptions, build_stack
 
 _FIELD_IN_ERROR = re.compile(r"SearchConfig\.(\w+)")
@@ -60,6 +74,8 @@ class ServiceOptions(Settings):
     """How long a step waits for a straggler (a run busy between its steps) before it goes without."""
     model_name: str = "saffron"
     """The model id ``/v1/models`` lists and responses carry."""
+    json_max_string_length: int | None = Field(None, ge=1)
+    """Cap on free strings in constrained output unless the request says (see ChatSaffron's field)."""
 
 
 class Busy(Exception):
@@ -74,6 +90,8 @@ class Prepared:
     n_prompt: int
     on_violation: OnViolation
     stop_event: threading.Event
+    tools: bool = False
+    """Tools were bound: the output is read for tool calls at the end (no text streams before)."""
     admitted: bool = False
 
 
@@ -87,6 +105,8 @@ class Final:
     saffron: dict[str, Any]
     error: str | None = None
     """Set under ``on_violation="raise"`` when blocked: the message of the error event / 400."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """The calls read from the output (OpenAI's shape), when tools were bound."""
 
 
 class GuardedService:
@@ -142,27 +162,38 @@ class GuardedService:
 
     def prepare(self, request: ChatRequest, stop_event: threading.Event) -> Prepared:
         """Render the prompt and build the guarded generation (nothing runs yet)."""
-        if request.tools:
-            raise RequestError("tools", "tool calling is not served yet; call without tools "
-                               "(ChatSaffron with a local model supports them)")
         cfg = self.config(request)
         try:
             engine = self.stack.engine_for(cfg.method)
         except ConfigError as e:
             raise RequestError("method", str(e)) from None
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in request.messages]
+        tok = engine.policy.tokenizer
+        constraint, schema = self.constraint(request, tok)
         try:
-            ids = list(engine.policy.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=False))
-        except Exception as e:  # noqa: BLE001 - jinja raises TemplateError and others
-            raise RequestError("messages", f"the chat template cannot render them: {e}") from None
-        users = [m["content"] for m in messages if m["role"] == "user"]
-        gen = GuardedGeneration(
-            engine, self.stack.streaming_monitor, ids, cfg,
-            prompt_text=users[-1] if users else messages[-1]["content"], stop_event=stop_event,
-        )
-        return Prepared(gen, len(ids), request.on_violation or self.options.on_violation, stop_event)
+            ids, prompt_text = render_chat(tok, engine.policy.source, request.chat(),
+                                           request.tools, schema)
+        except PromptError as e:
+            raise RequestError("messages", str(e)) from None
+        gen = GuardedGeneration(engine, self.stack.streaming_monitor, ids, cfg,
+                                prompt_text=prompt_text, stop_event=stop_event,
+                                constraint=constraint)
+        return Prepared(gen, len(ids), request.on_violation or self.options.on_violation,
+                        stop_event, tools=bool(request.tools))
+
+    def constraint(self, request: ChatRequest, tokenizer: Any) -> tuple[Grammar | None, dict[str, Any] | None]:
+        """The grammar of a response schema or a forced tool call, and the schema; a bad one names
+        ``response_format``, ``tool_choice`` or ``tools``."""
+        limit = request.json_max_string_length or self.options.json_max_string_length
+        try:
+            schema = response_schema(request.response_format)
+            if schema is not None:
+                return schema_constraint(tokenizer, schema, limit), schema
+        except ConfigError as e:
+            raise RequestError("response_format", str(e)) from None
+        try:
+            return tool_constraint(tokenizer, request.tools, request.tool_choice, limit), None
+        except ConfigError as e:
+            raise RequestError("tool_choice" if "tool_choice" in str(e) else "tools", str(e)) from None
 
     def run(self, prepared: Prepared) -> Iterator[str]:
         """Released text deltas; waits for one of the ``max_batch`` slots, then steps with the rest.
@@ -206,11 +237,19 @@ class GuardedService:
         counts = usage(prepared.n_prompt, n_out)
         if not out.blocked:
             reason = "length" if n_out >= prepared.generation.config.max_new_tokens else "stop"
-            return Final("", reason, counts, meta)
+            if not prepared.tools:
+                return Final("", reason, counts, meta)
+            parsed = parse_tool_text(out.released)
+            calls = openai_tool_calls(parsed)
+            return Final(parsed.text, "tool_calls" if calls else reason, counts, meta,
+                         tool_calls=calls)
         assert out.verdict is not None
         tail, error = "", None
         if prepared.on_violation == "refuse":
-            tail = ("\n\n" if out.released else "") + self.options.refusal_message
+            sent = out.released and not prepared.tools  # with tools nothing was streamed yet
+            tail = ("\n\n" if sent else "") + self.options.refusal_message
         elif prepared.on_violation == "raise":
             error = f"guardrail violation ({out.verdict.rule}): {out.verdict.reason or 'blocked'}"
+        elif prepared.tools:  # truncate: the cleared prefix, held back until now
+            tail = out.released
         return Final(tail, "content_filter", counts, meta, error)

@@ -147,3 +147,89 @@ def test_a_client_that_stops_reading_stops_its_search_within_one_step(plain):
     stats = prepared.generation.outcome.stats
     assert prepared.stop_event.is_set() and service.pending == 0
     assert stats.steps < 64 and stats.stopped
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 6}},
+                   "required": ["city"]}}}
+FORCED = {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+          "method": "greedy", "max_tokens": 120, "min_new_tokens": 0}
+ANSWER = {"title": "Answer", "type": "object", "properties": {"word": {"type": "string", "maxLength": 5},
+                                           "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+          "required": ["word", "n"]}
+
+
+def _local(saved):
+    from langchain_saffron import ChatSaffron
+
+    return ChatSaffron(policy=saved / "policy", mrm=saved / "mrm", monitor=saved / "monitor",
+                       prm=None, method="greedy", max_tokens=120, min_new_tokens=0)
+
+
+def test_a_forced_tool_call_is_served_as_chat_saffron_makes_it_locally(plain, saved):
+    _, client = plain
+    whole = client.post("/v1/chat/completions", json={"messages": MESSAGES, **FORCED}).json()
+    choice = whole["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    (call,) = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    local = _local(saved).bind_tools([WEATHER], tool_choice="get_weather").invoke(MESSAGES[0]["content"])
+    assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == (
+        local.tool_calls[0]["name"], local.tool_calls[0]["args"])
+    events = _events(client, {"messages": MESSAGES, **FORCED})
+    deltas = [e["choices"][0]["delta"] for e in events if isinstance(e, dict) and "choices" in e]
+    assert not any(d.get("content") for d in deltas[:-1])  # the call is read from the whole output
+    (streamed,) = deltas[-1]["tool_calls"]
+    assert streamed["index"] == 0 and streamed["function"] == call["function"]
+
+
+def test_a_response_schema_constrains_the_answer_as_it_does_locally(plain, saved):
+    _, client = plain
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER}}
+    body = {"messages": MESSAGES, "response_format": fmt, "method": "greedy", "max_tokens": 120,
+            "min_new_tokens": 0}
+    whole = client.post("/v1/chat/completions", json=body).json()
+    value = json.loads(whole["choices"][0]["message"]["content"])
+    assert set(value) == {"word", "n"} and len(value["word"]) <= 5 and 0 <= value["n"] <= 9
+    local = _local(saved).with_structured_output(ANSWER, method="json_schema")
+    assert local.invoke(MESSAGES[0]["content"]) == value
+
+
+def test_tool_history_renders_the_prompt_chat_saffron_renders(plain, saved):
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from langchain_saffron._prompting import render_prompt
+
+    service, _ = plain
+    history = [
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny, 21C"},
+    ]
+    prepared = service.prepare(parse_request({"messages": history, "tools": [WEATHER]}),
+                               threading.Event())
+    lc = [HumanMessage("weather in Paris?"),
+          AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "c1"}]),
+          ToolMessage("sunny, 21C", tool_call_id="c1")]
+    tok = service.stack.engine_for("saffron").policy.tokenizer
+    ids, _ = render_prompt(tok, "policy", lc, [WEATHER])
+    assert prepared.generation.prompt_ids == ids
+    assert "<tool_response>\nsunny, 21C\n</tool_response>" in tok.decode(ids)
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": {"function": "get_weather"}}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": 3}}]}, "tools"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]},
+     "messages[0].tool_calls[0].function.arguments"),
+])
+def test_malformed_tool_and_schema_requests_get_400_naming_the_field(plain, extra, field):
+    r = plain[1].post("/v1/chat/completions", json={"messages": MESSAGES, **extra})
+    assert r.status_code == 400, r.json()
+    assert r.json()["error"]["param"] == field, r.json()

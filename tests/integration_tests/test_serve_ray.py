@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from pydantic import BaseModel, Field
 
 pytest.importorskip("ray.serve")
 openai = pytest.importorskip("openai")
@@ -83,6 +84,57 @@ async def test_chat_saffron_remote_has_the_local_interface(base_url, saved):
     chunks = [c async for c in remote.astream("how bake bread?")]
     assert "".join(str(c.content) for c in chunks) == msg.content
     assert [m.content for m in remote.batch(["how bake bread?", "name a river"])][0] == msg.content
+
+
+class Answer(BaseModel):
+    """An answer."""
+
+    word: str = Field(max_length=5)
+    n: int = Field(ge=0, le=9)
+
+
+class GetWeather(BaseModel):
+    """Get the weather in a city."""
+
+    city: str = Field(max_length=6)
+
+
+FORCING = {"method": "greedy", "max_tokens": 120, "min_new_tokens": 0}
+
+
+def test_tools_and_structured_output_through_chat_openai(base_url):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=base_url, api_key="none", model="saffron", timeout=120,
+                     max_retries=0, extra_body=FORCING)
+    msg = llm.bind_tools([GetWeather], tool_choice="GetWeather").invoke("weather in Paris?")
+    assert msg.tool_calls and msg.tool_calls[0]["name"] == "GetWeather"
+    assert len(msg.tool_calls[0]["args"]["city"]) <= 6
+    out = llm.with_structured_output(Answer, method="json_schema").invoke("a word and a digit")
+    assert isinstance(out, Answer)
+
+
+def test_tools_and_structured_output_through_chat_saffron_remote(base_url, saved):
+    from langchain_saffron import ChatSaffron
+
+    remote = ChatSaffron(base_url=base_url, **FORCING)
+    local = ChatSaffron(policy=saved / "policy", mrm=saved / "mrm", monitor=saved / "monitor",
+                        prm=None, **FORCING)
+    remote_calls = remote.bind_tools([GetWeather], tool_choice="GetWeather")
+    msg = remote_calls.invoke("weather in Paris?")
+    here = local.bind_tools([GetWeather], tool_choice="GetWeather").invoke("weather in Paris?")
+    assert [(c["name"], c["args"]) for c in msg.tool_calls] == [
+        (c["name"], c["args"]) for c in here.tool_calls]
+    assert msg.response_metadata["saffron"]["blocked"] is False
+    streamed = list(remote_calls.stream("weather in Paris?"))
+    merged = streamed[0]
+    for c in streamed[1:]:
+        merged += c
+    assert [(c["name"], c["args"]) for c in merged.tool_calls] == [
+        (c["name"], c["args"]) for c in msg.tool_calls]
+    for method in ("json_schema", "function_calling"):
+        got = remote.with_structured_output(Answer, method=method).invoke("a word and a digit")
+        assert got == local.with_structured_output(Answer, method=method).invoke("a word and a digit")
 
 
 def test_a_malformed_request_gets_400_over_http(base_url):
