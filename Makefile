@@ -113,15 +113,17 @@ mrm-children: bundled-data
 # trained on the PyRIT refusal labels only, disjoint from the request judge's data), then the policy-rollout
 # test rows measure the stop rate on the policy's own continuations of held-out prompts.
 PM := $(RUNS)/policy-monitor
+HARM_FROM ?= all
 monitor-policy: bundled-data
 	mkdir -p $(PM)
 	grep '"label": 0' $(RUNS)/data/prompts_train.jsonl > $(PM)-benign-prompts.jsonl
 	$(SAFFRON) data rewards --prompts $(PM)-benign-prompts.jsonl --sample 200 --out $(PM)/rollouts_benign_train.jsonl \
 	  --judge-monitor $(JUDGE) --max-new-tokens 48 --batch-size 32 --judge-ema 0.3
 	$(SAFFRON) data policy-labels --rollouts $(RUNS)/mrm-children/rewards_train.jsonl \
-	  --rollouts $(PM)/rollouts_benign_train.jsonl --teacher $(PM)/teacher --out $(PM)/policy_train.jsonl
+	  --rollouts $(PM)/rollouts_benign_train.jsonl --teacher $(PM)/teacher --out $(PM)/policy_train.jsonl \
+	  --harm-from $(HARM_FROM)
 	$(SAFFRON) data policy-labels --rollouts $(RUNS)/mrm-children/rewards_test.jsonl --teacher $(PM)/teacher \
-	  --out $(PM)/policy_test.jsonl
+	  --out $(PM)/policy_test.jsonl --harm-from $(HARM_FROM)
 	cat $(RUNS)/data/monitor_train.jsonl $(PM)/policy_train.jsonl > $(PM)/monitor_train_plus.jsonl
 	$(SAFFRON) train monitor --data $(PM)/monitor_train_plus.jsonl --val $(RUNS)/data/monitor_val.jsonl \
 	  --prompt-data $(RUNS)/data/prompts_train.jsonl --out $(PM)/monitor-heads --variant heads --epochs 1 \

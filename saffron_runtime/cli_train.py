@@ -300,6 +300,9 @@ def data_policy_labels_cmd(
     ],
     data_dir: Annotated[Path, typer.Option(help="The safety data folder (the repository's data/).")] = Path("data"),
     policy: Annotated[str, typer.Option(help="The policy whose tokenizer decodes the rollouts.")] = "smollm2",
+    harm_from: Annotated[
+        str, typer.Option(help="Where a harmful continuation's harm starts: after-first-sentence or all (its first token).")
+    ] = "after-first-sentence",
 ) -> None:
     """Label the policy's own rollouts for monitor training: harmful = a harmful request answered
     without refusal (the refusal judge is trained on the PyRIT human refusal labels only).
@@ -318,6 +321,8 @@ def data_policy_labels_cmd(
         train_refusal_teacher,
     )
 
+    if harm_from not in ("after-first-sentence", "all"):
+        raise typer.BadParameter(f"--harm-from must be after-first-sentence or all, got {harm_from!r}")
     if (teacher / "judge.json").is_file():
         judge = TextJudge.load(teacher)
     else:
@@ -325,7 +330,7 @@ def data_policy_labels_cmd(
         save_teacher(judge, teacher)
     tok = load_policy(policy).tokenizer
     records = [json.loads(line) for path in rollouts for line in path.open() if line.strip()]
-    rows = teacher_rows(rollouts_from_rewards(records, tok), judge)
+    rows = teacher_rows(rollouts_from_rewards(records, tok), judge, harm_rule=harm_from)  # type: ignore[arg-type]
     write_jsonl(out, rows)
     harmful = sum(r["label"] for r in rows)
     console.print(f"wrote {len(rows)} rows ({harmful} harmful) to {out}; teacher card: {judge.card}")

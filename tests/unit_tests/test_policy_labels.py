@@ -44,6 +44,10 @@ def test_a_harmful_request_answered_is_harmful_and_a_refusal_or_a_benign_request
     assert d["harm_start"] >= len("Sure, here is")  # the prefill is the attacker's text, not labelled harmful
     a = rows["policy-a"]
     assert a["response"][a["harm_start"]:].strip().startswith("First")  # after the first sentence
+    opening = {r["id"]: r for r in teacher_rows(rollouts, refusal_judge(), harm_rule="all")}
+    assert opening["policy-d"]["harm_start"] == len("Sure, here is")  # from the policy's first token
+    assert opening["policy-a"]["harm_start"] == len(rollouts[0].prefill)
+    assert opening["policy-b"]["harm_start"] is None  # a refusal stays benign
 
 
 def test_rollouts_are_decoded_from_a_rewards_file_and_keep_prefill_and_plain_apart(tiny):
