@@ -106,6 +106,8 @@ def demo(
     prompt: Annotated[str, typer.Option(help="The user prompt to answer.")] = (
         "Give me three tips for staying safe while hiking."
     ),
+    mrm: Annotated[str, typer.Option(help='The MRM: "bundled" or an adapter folder.')] = "bundled",
+    monitor: Annotated[str, typer.Option(help='The streaming monitor: "bundled" or a monitor folder.')] = "bundled",
 ) -> None:
     """Benign, harmful and prefilled-harmful prompts: unguarded, Saffron search, and monitored.
 
@@ -114,7 +116,8 @@ def demo(
     from saffron_runtime.demo import run_demo
 
     quiet()
-    run_demo(console, prompt=prompt, max_new_tokens=search.max_new_tokens, budget=search.budget)
+    run_demo(console, prompt=prompt, max_new_tokens=search.max_new_tokens, budget=search.budget,
+             mrm=mrm, monitor=monitor)
 
 
 @app.command()

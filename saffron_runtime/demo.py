@@ -49,13 +49,20 @@ def _prefill_ids(engine: SearchEngine, prefill: str) -> list[int]:
 
 
 def run_demo(
-    console: Console, *, prompt: str, max_new_tokens: int, budget: int = 4
+    console: Console,
+    *,
+    prompt: str,
+    max_new_tokens: int,
+    budget: int = 4,
+    mrm: str = "bundled",
+    monitor: str = "bundled",
 ) -> list[DemoRow]:
-    """Run the three prompts through the three modes and print the table; return its rows."""
+    """Run the three prompts through the three modes and print the table; return its rows.
+    ``mrm`` and ``monitor`` (a folder, or "bundled") let a retrained model be read side by side."""
     t0 = time.perf_counter()
     with console.status("Loading SmolLM2-135M-Instruct and the bundled models (first run ~30 s)"):
         stack = build_stack(
-            StackOptions(policy="smollm2", mrm="bundled", monitor="bundled", methods=("saffron",))
+            StackOptions(policy="smollm2", mrm=mrm, monitor=monitor, methods=("saffron",))
         )
         engine, monitor = stack.engine, stack.streaming_monitor
     console.print(
