@@ -52,6 +52,9 @@ def train_mrm_cmd(
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
     max_response_tokens: MaxResponseTokens = 256,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    rank_weight: Annotated[
+        float, typer.Option(help="Weight of the within-prefix (centred) loss on judged children; 0: off.")
+    ] = 0.0,
 ) -> None:
     """Train a multifurcation reward model with partial supervision; resumes from OUT/checkpoints.
 
@@ -81,6 +84,7 @@ def train_mrm_cmd(
         checkpoint_every=checkpoint_every,
         max_response_tokens=max_response_tokens,
         seed=seed,
+        rank_weight=rank_weight,
     )
     train_mrm(cfg)
     console.print(f"saved the MRM to {out}")

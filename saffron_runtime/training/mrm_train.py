@@ -56,6 +56,10 @@ class MRMTrainConfig(Settings):
     batch_size: int = Field(8, ge=1, le=1024)
     max_response_tokens: int = Field(256, ge=1, le=8192)
     loss: Literal["mse", "huber"] = "mse"
+    rank_weight: float = Field(0.0, ge=0.0, le=1e4)
+    """Weight of the within-prefix term: squared error of each position's entries centred on their
+    own mean (the search ranks children of one prefix; their rewards differ ~100x less than the
+    levels of different prefixes do, so the plain loss all but ignores that order). 0: off."""
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
     max_steps: int | None = Field(None, ge=1)
@@ -70,12 +74,15 @@ def partial_supervision_loss(
     rewards: torch.Tensor,
     mask: torch.Tensor,
     loss_fn: LossFn = LOSSES["mse"],
+    rank_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean loss of the gathered rewards ``R[pos, y] = h_pos . W[y] (+ b[y])`` against ``r``.
 
     ``hidden`` [B, T, H] are the states that predict the next token; ``targets``/``rewards``/``mask``
     are [B, T] (the observed token at each position) or [B, T, K] (K supervised entries per
     position: the observed token and judged children). Only the gathered ``W`` rows enter the graph.
+    ``rank_weight`` adds the squared error of the entries centred on their position's mean (over
+    positions with two or more entries): the order of one prefix's children, which the search reads.
     """
     rows = head_weight[targets]  # [B, T, H] or [B, T, K, H]
     states = hidden if targets.dim() == 2 else hidden.unsqueeze(2)
@@ -83,7 +90,23 @@ def partial_supervision_loss(
     if head_bias is not None:
         pred = pred + head_bias[targets]
     per_tok = loss_fn(pred.float(), rewards.float()) * mask
-    return per_tok.sum() / mask.sum().clamp(min=1)
+    level = per_tok.sum() / mask.sum().clamp(min=1)
+    if rank_weight == 0.0 or targets.dim() == 2:
+        return level
+    return level + rank_weight * centred_loss(pred.float(), rewards.float(), mask)
+
+
+def centred_loss(pred: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Squared error of [B, T, K] entries after subtracting each position's masked mean, over the
+    positions with at least two entries (zero when every position has one)."""
+    n = mask.sum(-1, keepdim=True)
+    many = (n >= 2).float() * mask
+
+    def centre(x: torch.Tensor) -> torch.Tensor:
+        return x - (x * mask).sum(-1, keepdim=True) / n.clamp(min=1)
+
+    err = (centre(pred) - centre(rewards)) ** 2 * many
+    return err.sum() / many.sum().clamp(min=1)
 
 
 def _entries(r: TokenRewardRecord, max_resp: int) -> list[list[tuple[int, float]]]:
@@ -221,7 +244,8 @@ def train_mrm(
         ).last_hidden_state
         h = hidden.gather(1, b["pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         loss = partial_supervision_loss(
-            h, head.weight, head.bias, b["targets"], b["rewards"], b["mask"], loss_fn
+            h, head.weight, head.bias, b["targets"], b["rewards"], b["mask"], loss_fn,
+            config.rank_weight,
         )
         return StepOutput(loss, int(b["mask"].sum()), saved_config)
 

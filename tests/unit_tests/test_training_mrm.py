@@ -112,6 +112,18 @@ def test_partial_supervision_gives_no_gradient_to_other_vocabulary_entries(tiny)
     assert sorted(touched) == [7, 9, 14, 20, 33, 40]  # observed tokens only (masked pads excluded)
 
 
+def test_the_within_prefix_term_reads_the_order_of_children_not_their_level():
+    from saffron_runtime.training.mrm_train import centred_loss
+
+    rewards = torch.tensor([[[1.0, 2.0, 3.0], [5.0, 0.0, 0.0]]])  # position 2 has one entry only
+    mask = torch.tensor([[[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]])
+    shifted = rewards + 10.0  # every level wrong, every order right
+    assert float(centred_loss(shifted, rewards, mask)) == pytest.approx(0.0, abs=1e-6)
+    reversed_ = torch.tensor([[[3.0, 2.0, 1.0], [-7.0, 9.0, 9.0]]])  # the lone entry and pads do not count
+    assert float(centred_loss(reversed_, rewards, mask)) == pytest.approx((1 + 0 + 1) * 4 / 3)
+    assert float(centred_loss(rewards[:, 1:], rewards[:, 1:], mask[:, 1:])) == 0.0
+
+
 @pytest.fixture(scope="module")
 def reward_file(tmp_path_factory, tiny) -> Path:
     out = tmp_path_factory.mktemp("rd") / "rewards.jsonl"
