@@ -17,6 +17,7 @@ from saffron_runtime.errors import ModelLoadError
 from saffron_runtime.evaluation.request_judge import RequestJudge, encode_pairs, load_cross_encoder
 from saffron_runtime.evaluation.request_judge_build import build_request_judge
 from saffron_runtime.evaluation.request_judge_data import (
+    LabelledPair,
     likert_pair,
     request_judge_data,
     split_of,
@@ -28,7 +29,7 @@ from saffron_runtime.evaluation.request_judge_eval import (
     choose_threshold,
     cohen_kappa,
 )
-from saffron_runtime.evaluation.request_judge_train import TrainSettings
+from saffron_runtime.evaluation.request_judge_train import TrainSettings, compute_features
 
 ROOT = Path(__file__).resolve().parents[2]
 JUDGE_MODULES = ("saffron_runtime.evaluation.request_judge",)
@@ -107,6 +108,19 @@ def test_cls_only_last_layer_equals_the_full_forward(tiny_bert):
     assert torch.allclose(cls, full, atol=1e-5)
     assert torch.equal(rounded, h.half().float())  # judging rounds features as the cache does
     assert encode_pairs(tok, ["q"], ["r " * 500], 32)["input_ids"].shape[1] == 32  # cut to max_length
+
+
+def test_features_batched_by_length_match_each_row_alone(tiny_bert, tmp_path):
+    tok, model = load_cross_encoder(1, tiny_bert)
+    lens = [9, 1, 14, 3, 11, 2, 7]  # out of length order, so the batches regroup the rows
+    rows = [LabelledPair(f"r{i}", "xstest", f"request {i}", "word " * n, 0) for i, n in enumerate(lens)]
+    s = TrainSettings(n_frozen=1, max_length=24, batch_size=3, chunk=5)
+    feats, _ = compute_features(model, tok, rows, tmp_path, s, log=lambda m: None)
+    for r in rows:
+        b = encode_pairs(tok, [r.request], [r.response], s.max_length)
+        alone = model.frozen_features(b["input_ids"], b["token_type_ids"], b["attention_mask"])[0]
+        assert feats[r.id][0].shape[0] == alone.shape[0]
+        assert torch.allclose(feats[r.id][0].float(), alone, atol=2e-2), r.id
 
 
 def test_training_saves_a_judge_that_reloads_to_the_same_probabilities(tiny_bert, tiny_data, tmp_path):
