@@ -169,6 +169,15 @@ def test_metrics_threshold_and_kappa():
     assert len(a["disagreements"][0]["response_start"]) == 80  # redacted
 
 
+def test_the_card_reproduce_line_names_the_settings_off_the_defaults():
+    from saffron_runtime.evaluation.request_judge_card import CLI_DEFAULTS, _flags
+
+    defaults = TrainSettings().to_dict()
+    assert all(defaults[k] == v for k, v in CLI_DEFAULTS.items())  # the card and the CLI agree
+    assert _flags(defaults) == ""
+    assert _flags(defaults | {"n_frozen": 5, "max_length": 128}) == " --n-frozen 5 --max-length 128"
+
+
 @functools.cache
 def _imports(path: Path) -> frozenset[str]:
     """The absolute module names one file imports (relative imports resolved)."""
