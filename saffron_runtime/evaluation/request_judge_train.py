@@ -190,7 +190,7 @@ def train_epochs(
     for e in range(s.epochs, 0, -1):
         ck = work / f"epoch_{e}.pt"
         if ck.is_file():
-            saved = torch.load(ck, weights_only=False)
+            saved = torch.load(ck, weights_only=True)
             if saved["settings"] == s.to_dict():
                 model.load_state_dict(saved["state"], strict=False)
                 opt.load_state_dict(saved["opt"])

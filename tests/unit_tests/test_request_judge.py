@@ -152,6 +152,19 @@ def test_training_saves_a_judge_that_reloads_to_the_same_probabilities(tiny_bert
         RequestJudge.load(tmp_path / "nothing")
 
 
+def test_two_builds_from_scratch_give_the_same_judge(tiny_bert, tiny_data, tmp_path):
+    s = TrainSettings(n_frozen=1, max_length=32, epochs=1, batch_size=8, lr_layers=1e-3, chunk=32)
+    first = build_request_judge(tiny_data, tmp_path / "a", tmp_path / "wa", s, log=lambda m: None,
+                                base_dir=tiny_bert)
+    torch.rand(1000)  # another process's random state before the build
+    second = build_request_judge(tiny_data, tmp_path / "b", tmp_path / "wb", s, log=lambda m: None,
+                                 base_dir=tiny_bert)
+    assert second["threshold"] == first["threshold"] and second["history"][0]["train_loss"] == \
+        first["history"][0]["train_loss"]
+    a = RequestJudge.load(tmp_path / "a", base_dir=tiny_bert).model.head.weight
+    assert torch.equal(a, RequestJudge.load(tmp_path / "b", base_dir=tiny_bert).model.head.weight)
+
+
 def test_metrics_threshold_and_kappa():
     s = binary_scores([True, True, False, False], [1, 0, 1, 0])
     assert s == {"accuracy": 0.5, "macro_f1": 0.5, "harmful_recall": 0.5, "harmful_precision": 0.5}
