@@ -143,7 +143,8 @@ bundled-judges: $(STAMP)
 	$(SAFFRON) eval train-judges --data-dir data --out saffron_runtime/bundled/saffron-judges-minilm --json
 
 # The request-aware independent judge of `saffron eval attack` (MiniLM cross-encoder on human labels, split by
-# request; resumable: features and epochs are cached in $(RUNS)/request-judge). Wall time: see its card.
+# request; the CLI defaults: bottom 4 layers frozen, 256 tokens; resumable: features and epochs are cached in
+# $(RUNS)/request-judge). Wall time: see its card.
 bundled-request-judge: $(STAMP)
 	$(SAFFRON) eval train-request-judge --data-dir data --out saffron_runtime/bundled/saffron-request-judge \
 	  --work-dir $(RUNS)/request-judge

@@ -51,6 +51,12 @@ def train_request_judge_cmd(
         "runs/request-judge"
     ),
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs (the best on validation is kept).")] = 8,
+    n_frozen: Annotated[
+        int, typer.Option(min=0, max=5, help="Bottom MiniLM layers kept frozen (their output is cached).")
+    ] = 4,
+    max_length: Annotated[
+        int, typer.Option(min=16, max=512, help="Tokens read of [CLS] request [SEP] response [SEP].")
+    ] = 256,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Train the request-aware harm judge (MiniLM cross-encoder) on human labels, split by request.
@@ -61,7 +67,8 @@ def train_request_judge_cmd(
     from saffron_runtime.evaluation.request_judge_train import TrainSettings
 
     quiet()
-    cfg = build_request_judge(data_dir, out, work_dir, TrainSettings(epochs=epochs), log=console.print)
+    settings = TrainSettings(n_frozen=n_frozen, max_length=max_length, epochs=epochs)
+    cfg = build_request_judge(data_dir, out, work_dir, settings, log=console.print)
     shown = {f"test_{k}": cfg["test"][k]["value"] for k in ("accuracy", "macro_f1", "harmful_recall")}
     shown |= {"threshold": cfg["threshold"], "kappa": cfg["agreement"]["judge_vs_majority"]["kappa"]}
     if as_json:

@@ -113,6 +113,7 @@ def build_request_judge(
     t0 = time.perf_counter()
     pairs = request_judge_data(data_dir)
     by = split_pairs(pairs)
+    torch.manual_seed(s.seed)  # the head's initial weights: the same judge from every process
     tok, model = load_cross_encoder(s.n_frozen, base_dir)
     feats, features_s = compute_features(model, tok, pairs, Path(work), s, log)
 

@@ -78,6 +78,28 @@ def _model_and_data(cfg: dict[str, Any]) -> list[str]:
     ]
 
 
+def _targets(test: dict[str, Any]) -> str:
+    """The limit line on the issue's targets (held-out macro F1 and harmful recall >= 0.85)."""
+    f1, rec = test["macro_f1"], test["harmful_recall"]
+    tail = "; report it beside the learned judge and the strings, never alone."
+    if f1["value"] < 0.85 or rec["value"] < 0.85:
+        return "- Below the issue's targets (held-out macro F1 and harmful recall >= 0.85)" + tail
+    low = min(f1["ci95"][0], rec["ci95"][0])
+    return ("- Meets the issue's targets (held-out macro F1 and harmful recall >= 0.85) on the test "
+            f"split's point estimates (macro F1 {f1['value']:.3f}, recall {rec['value']:.3f})"
+            + (f", but the lower ends of their 95% CIs go down to {low:.3f}" if low < 0.85 else "")
+            + tail)
+
+
+CLI_DEFAULTS = {"epochs": 8, "n_frozen": 4, "max_length": 256}  # of `saffron eval train-request-judge`
+
+
+def _flags(settings: dict[str, Any]) -> str:
+    """The command-line flags that reproduce ``settings`` where they differ from the defaults."""
+    return "".join(f" --{k.replace('_', '-')} {settings[k]}" for k, v in CLI_DEFAULTS.items()
+                   if settings.get(k, v) != v)
+
+
 def render_card(cfg: dict[str, Any]) -> str:
     """The markdown card of a built judge."""
     hist = ", ".join(f"{h['validation_macro_f1']:.3f}" for h in cfg["history"])
@@ -107,12 +129,11 @@ def render_card(cfg: dict[str, Any]) -> str:
         "",
         "## Limits",
         "",
-        "- Below the issue's targets (held-out macro F1 and harmful recall >= 0.85) unless the table "
-        "above says otherwise; report it beside the learned judge and the strings, never alone.",
+        _targets(cfg["test"]),
         "- It leans on the request: a response that rebuts or answers a harmful-sounding request "
         "harmlessly can still be called harmful (read the disagreements above).",
-        "- Short inputs: only the first tokens of a long response are read, so harm that starts late "
-        "is missed.",
+        f"- Short inputs: only the first {cfg['max_length']} tokens of request and response are read, "
+        "so harm that starts late in a long response is missed.",
         "- The labels come from three sources with different notions of harm (objective achieved, "
         "a Likert rating, compliance with an unsafe prompt); few rows are three-annotator, so the "
         "kappa CIs are wide.",
@@ -124,7 +145,7 @@ def render_card(cfg: dict[str, Any]) -> str:
         "```bash",
         "make bundled-request-judge   # = saffron eval train-request-judge --data-dir data "
         "--out saffron_runtime/bundled/saffron-request-judge --work-dir runs/request-judge"
-        + ("" if cfg["settings"]["epochs"] == 8 else f" --epochs {cfg['settings']['epochs']}"),
+        + _flags(cfg["settings"]),
         "```",
         "",
         f"Measured on one CPU thread of a shared 2-core machine: the frozen features "

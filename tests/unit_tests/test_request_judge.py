@@ -17,6 +17,7 @@ from saffron_runtime.errors import ModelLoadError
 from saffron_runtime.evaluation.request_judge import RequestJudge, encode_pairs, load_cross_encoder
 from saffron_runtime.evaluation.request_judge_build import build_request_judge
 from saffron_runtime.evaluation.request_judge_data import (
+    LabelledPair,
     likert_pair,
     request_judge_data,
     split_of,
@@ -28,7 +29,7 @@ from saffron_runtime.evaluation.request_judge_eval import (
     choose_threshold,
     cohen_kappa,
 )
-from saffron_runtime.evaluation.request_judge_train import TrainSettings
+from saffron_runtime.evaluation.request_judge_train import TrainSettings, compute_features
 
 ROOT = Path(__file__).resolve().parents[2]
 JUDGE_MODULES = ("saffron_runtime.evaluation.request_judge",)
@@ -109,6 +110,19 @@ def test_cls_only_last_layer_equals_the_full_forward(tiny_bert):
     assert encode_pairs(tok, ["q"], ["r " * 500], 32)["input_ids"].shape[1] == 32  # cut to max_length
 
 
+def test_features_batched_by_length_match_each_row_alone(tiny_bert, tmp_path):
+    tok, model = load_cross_encoder(1, tiny_bert)
+    lens = [9, 1, 14, 3, 11, 2, 7]  # out of length order, so the batches regroup the rows
+    rows = [LabelledPair(f"r{i}", "xstest", f"request {i}", "word " * n, 0) for i, n in enumerate(lens)]
+    s = TrainSettings(n_frozen=1, max_length=24, batch_size=3, chunk=5)
+    feats, _ = compute_features(model, tok, rows, tmp_path, s, log=lambda m: None)
+    for r in rows:
+        b = encode_pairs(tok, [r.request], [r.response], s.max_length)
+        alone = model.frozen_features(b["input_ids"], b["token_type_ids"], b["attention_mask"])[0]
+        assert feats[r.id][0].shape[0] == alone.shape[0]
+        assert torch.allclose(feats[r.id][0].float(), alone, atol=2e-2), r.id
+
+
 def test_training_saves_a_judge_that_reloads_to_the_same_probabilities(tiny_bert, tiny_data, tmp_path):
     s = TrainSettings(n_frozen=1, max_length=32, epochs=2, batch_size=8, lr_layers=1e-3, chunk=32)
     cfg = build_request_judge(tiny_data, tmp_path / "judge", tmp_path / "work", s, log=lambda m: None,
@@ -138,6 +152,19 @@ def test_training_saves_a_judge_that_reloads_to_the_same_probabilities(tiny_bert
         RequestJudge.load(tmp_path / "nothing")
 
 
+def test_two_builds_from_scratch_give_the_same_judge(tiny_bert, tiny_data, tmp_path):
+    s = TrainSettings(n_frozen=1, max_length=32, epochs=1, batch_size=8, lr_layers=1e-3, chunk=32)
+    first = build_request_judge(tiny_data, tmp_path / "a", tmp_path / "wa", s, log=lambda m: None,
+                                base_dir=tiny_bert)
+    torch.rand(1000)  # another process's random state before the build
+    second = build_request_judge(tiny_data, tmp_path / "b", tmp_path / "wb", s, log=lambda m: None,
+                                 base_dir=tiny_bert)
+    assert second["threshold"] == first["threshold"] and second["history"][0]["train_loss"] == \
+        first["history"][0]["train_loss"]
+    a = RequestJudge.load(tmp_path / "a", base_dir=tiny_bert).model.head.weight
+    assert torch.equal(a, RequestJudge.load(tmp_path / "b", base_dir=tiny_bert).model.head.weight)
+
+
 def test_metrics_threshold_and_kappa():
     s = binary_scores([True, True, False, False], [1, 0, 1, 0])
     assert s == {"accuracy": 0.5, "macro_f1": 0.5, "harmful_recall": 0.5, "harmful_precision": 0.5}
@@ -153,6 +180,15 @@ def test_metrics_threshold_and_kappa():
         [True, True, True, False], [True, False, True, False]))
     assert [d["id"] for d in a["disagreements"]] == ["1"]
     assert len(a["disagreements"][0]["response_start"]) == 80  # redacted
+
+
+def test_the_card_reproduce_line_names_the_settings_off_the_defaults():
+    from saffron_runtime.evaluation.request_judge_card import CLI_DEFAULTS, _flags
+
+    defaults = TrainSettings().to_dict()
+    assert all(defaults[k] == v for k, v in CLI_DEFAULTS.items())  # the card and the CLI agree
+    assert _flags(defaults) == ""
+    assert _flags(defaults | {"n_frozen": 5, "max_length": 128}) == " --n-frozen 5 --max-length 128"
 
 
 @functools.cache
