@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from saffron_runtime.evaluation.request_judge_train import TrainSettings
+
 
 def _ci(m: dict[str, Any]) -> str:
     lo, hi = m["ci95"]
@@ -91,7 +93,8 @@ def _targets(test: dict[str, Any]) -> str:
             + tail)
 
 
-CLI_DEFAULTS = {"epochs": 8, "n_frozen": 4, "max_length": 256}  # of `saffron eval train-request-judge`
+CLI_DEFAULTS = {k: getattr(TrainSettings, k) for k in ("epochs", "n_frozen", "max_length")}
+"""The settings `saffron eval train-request-judge` exposes, at their defaults (the CLI's are TrainSettings')."""
 
 
 def _flags(settings: dict[str, Any]) -> str:

@@ -65,8 +65,8 @@ def _chunk_features(
     out: list[torch.Tensor | None] = [None] * len(rows)
     for i in range(0, len(order), settings.batch_size):
         idx = order[i : i + settings.batch_size]
-        b = encode_pairs(tok, [rows[k].request for k in idx], [rows[k].response for k in idx],
-                         settings.max_length)
+        width = max(lengths[k] for k in idx)  # right-padded: the batch's own padding ends here
+        b = {k: v[idx, :width] for k, v in enc.items()}
         h = model.frozen_features(b["input_ids"], b["token_type_ids"], b["attention_mask"])
         for j, k in enumerate(idx):
             out[k] = h[j, : lengths[k]].to(torch.float16).clone()

@@ -245,3 +245,14 @@ def test_nothing_outside_evaluation_imports_the_judge():
     # the check itself sees a real import: the attack harness does reach the judge
     assert "saffron_runtime.evaluation.request_judge" in _reachable(
         ROOT / "saffron_runtime/evaluation/attack/run.py")
+
+
+def test_the_cli_defaults_are_the_training_settings_defaults():
+    from typer.main import get_command
+
+    from saffron_runtime.cli import app
+
+    train = get_command(app).commands["eval"].commands["train-request-judge"]  # type: ignore[attr-defined]
+    defaults = {p.name: p.default for p in train.params}
+    assert {k: defaults[k] for k in ("epochs", "n_frozen", "max_length")} == {
+        k: getattr(TrainSettings, k) for k in ("epochs", "n_frozen", "max_length")}
