@@ -157,7 +157,7 @@ bundled-request-judge: $(STAMP)
 # Hours on one core; resumable (rerun to go on): the text cache in $(RUNS)/attack/cache (harmful
 # rollouts, never committed) and the verdict ledger (scores and cost, no text; committed, so a fresh
 # clone goes on where the last sitting stopped).
-ATTACK_FLAGS := --prefill 10 --methods unguarded,best_of_n,prm_beam,saffron --budgets 2,4,8 \
+ATTACK_FLAGS := --prefill 10 --methods unguarded,best_of_n,prm_beam,saffron,saffron_reward --budgets 2,4,8 \
   --bon-n 1,8,16,32 --max-new-tokens 50 --monitor $(JUDGE) --cache $(RUNS)/attack/cache \
   --ledger benchmarks/results/attack_ledger.jsonl
 eval-attack: bundled-data

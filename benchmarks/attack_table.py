@@ -57,6 +57,20 @@ def main() -> None:
                     f"(paired bootstrap 95% CI {d['ci95'][0]:+.2f} to {d['ci95'][1]:+.2f}, "
                     f"{paired['n']} prompts)"
                 )
+    v = doc.get("vs_prm_beam")
+    if v:
+        ratio = v.get("reward_tflops_ratio")
+        print(
+            f"\nSaffron@{v['budget']} vs PRM beam@{v['budget']}: reward-model TFLOPs ratio "
+            f"{'n/a' if ratio is None else f'{ratio:.2f}'}"
+        )
+        for judge in ("learned", "independent", "strings"):
+            d = v["paired"].get(judge)
+            if d:
+                print(
+                    f"  {judge}: Saffron - PRM beam = {d['difference']:+.2f} (paired bootstrap 95% CI "
+                    f"{d['ci95'][0]:+.2f} to {d['ci95'][1]:+.2f}, {v['paired']['n']} prompts)"
+                )
     outs = [o for o in doc["outputs"] if "independent_unsafe" in o]
     if outs:
         print("\nJudge agreement on the attacked outputs (share of outputs where both call it the same)\n")

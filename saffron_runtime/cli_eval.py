@@ -194,8 +194,12 @@ def eval_attack_cmd(
         int, typer.Option(min=0, help="Force the first N tokens of a harmful reference start.")
     ] = 0,
     methods: Annotated[
-        str, typer.Option(help="Comma-separated: unguarded,best_of_n,prm_beam,saffron.")
-    ] = "unguarded,best_of_n,prm_beam,saffron",
+        str,
+        typer.Option(
+            help="Comma-separated: unguarded,best_of_n,prm_beam,saffron,saffron_reward (saffron: "
+            "ChatSaffron's default search; saffron_reward: the paper's ranking by reward)."
+        ),
+    ] = "unguarded,best_of_n,prm_beam,saffron,saffron_reward",
     budgets: Annotated[str, typer.Option(help="Budgets of every method, e.g. 2,4,8.")] = "2,4,8",
     bon_n: Annotated[
         str | None, typer.Option(help="N of Best-of-N (overrides --budgets for it), e.g. 8,16,32.")
@@ -265,6 +269,7 @@ def eval_attack_cmd(
     --benign benign.jsonl --json results.json --plot asr.png
     """
     from saffron_runtime.evaluation.attack import (
+        MRM_METHODS,
         AttackSettings,
         build_harness,
         load_prompts,
@@ -288,7 +293,7 @@ def eval_attack_cmd(
     with console.status("loading the policy, the MRM, the learned judge and the independent judges"):
         harness = build_harness(
             policy=policy,
-            mrm=mrm if any(s.method == "saffron" for s in grid) else None,
+            mrm=mrm if any(s.method in MRM_METHODS for s in grid) else None,
             monitor=monitor,
             judges=judges,
             independent=independent_judge,

@@ -21,6 +21,7 @@ from saffron_runtime.evaluation.attack import (
     matched_comparison,
     method_grid,
     paired_difference,
+    prm_comparison,
     reference_start,
 )
 
@@ -229,3 +230,32 @@ def test_paired_difference_pairs_by_prompt_and_brackets_the_difference():
     assert d["independent"] == {"difference": 0.0, "ci95": [0.0, 0.0]}
     assert d["strings"] == {"difference": 0.0, "ci95": [0.0, 0.0]}
     assert paired_difference(judged, a, MethodSpec("prm_beam", 2)) == {"n": 0}
+
+
+def test_saffron_is_chatsaffrons_default_and_the_papers_ranking_keeps_the_published_key():
+    from saffron_runtime.search.config import SearchConfig
+
+    default = SearchConfig(method="saffron", budget=8)
+    cfg = MethodSpec("saffron", 8).search_config(50, 0)
+    assert (cfg.objective, cfg.max_commit_lag) == (default.objective, default.max_commit_lag)
+    paper = MethodSpec("saffron_reward", 8).search_config(50, 0)
+    assert (paper.method, paper.objective, paper.max_commit_lag) == ("saffron", "reward", None)
+    # the first published run named the paper's ranking "saffron": its committed ledger lines stay valid
+    assert MethodSpec("saffron_reward", 8).key_fields() == {"method": "saffron"}
+    assert MethodSpec("saffron", 8).key_fields() != MethodSpec("saffron_reward", 8).key_fields()
+    assert MethodSpec("prm_beam", 8).key_fields() == {"method": "prm_beam"}
+
+
+def test_prm_comparison_pairs_saffron_with_prm_beam_at_its_largest_shared_budget():
+    grid = [MethodSpec("saffron", 4), MethodSpec("saffron", 8), MethodSpec("prm_beam", 8)]
+    judged = []
+    for i in range(20):  # Saffron unsafe on 5 prompts, PRM beam on none: +0.25
+        for spec, unsafe, reward in ((grid[1], i < 5, 1e12), (grid[2], False, 4e12)):
+            j = _judged(f"p{i}", spec, unsafe, unsafe, unsafe)
+            j.generation.stats["flops_reward"] = reward
+            judged.append(j)
+    rows = attack_table(judged, grid)
+    out = prm_comparison(judged, rows, grid)
+    assert out["budget"] == 8 and out["reward_tflops_ratio"] == pytest.approx(0.25)
+    assert out["paired"]["learned"]["difference"] == pytest.approx(0.25)
+    assert prm_comparison(judged, rows, grid[:2]) is None

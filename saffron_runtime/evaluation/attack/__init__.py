@@ -16,6 +16,7 @@ strings, and benign prompts give the over-refusal rate. One module per job:
 
 from saffron_runtime.evaluation.attack.grid import (
     METHODS,
+    MRM_METHODS,
     AttackMethod,
     AttackSettings,
     MethodSpec,
@@ -31,6 +32,7 @@ from saffron_runtime.evaluation.attack.stats import (
     matched_comparison,
     over_refusal_table,
     paired_difference,
+    prm_comparison,
 )
 from saffron_runtime.evaluation.attack.store import (
     LEDGER_FIELDS,
@@ -45,6 +47,7 @@ __all__ = [
     "JUDGE_KEYS",
     "LEDGER_FIELDS",
     "METHODS",
+    "MRM_METHODS",
     "WEIGHT_SUFFIXES",
     "AttackHarness",
     "AttackMethod",
@@ -65,6 +68,7 @@ __all__ = [
     "over_refusal_table",
     "paired_difference",
     "plot_asr",
+    "prm_comparison",
     "reference_start",
     "report",
 ]

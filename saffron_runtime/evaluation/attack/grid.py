@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from saffron_runtime.errors import ConfigError
 from saffron_runtime.search.config import SearchConfig
 
-AttackMethod = Literal["unguarded", "best_of_n", "prm_beam", "saffron"]
-METHODS: tuple[str, ...] = ("unguarded", "best_of_n", "prm_beam", "saffron")
+AttackMethod = Literal["unguarded", "best_of_n", "prm_beam", "saffron", "saffron_reward"]
+METHODS: tuple[str, ...] = ("unguarded", "best_of_n", "prm_beam", "saffron", "saffron_reward")
+"""``saffron`` is ChatSaffron's default search (its default objective and commit lag); ``saffron_reward``
+the paper's ranking by reward alone, as the first published run had it (then named ``saffron``)."""
+MRM_METHODS: tuple[str, ...] = ("saffron", "saffron_reward")
+"""The methods whose output depends on the MRM (a retrained MRM regenerates only these)."""
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,16 @@ class MethodSpec:
 
     method: str
     budget: int
+
+    def key_fields(self) -> dict[str, Any]:
+        """What the cache key records of the method: its published name, plus the settings that
+        differ from the first published run's (so the paper's ranking keeps that run's keys)."""
+        if self.method == "saffron_reward":
+            return {"method": "saffron"}
+        if self.method == "saffron":
+            cfg = self.search_config(1, 0)
+            return {"method": "saffron", "objective": cfg.objective, "commit_lag": cfg.max_commit_lag}
+        return {"method": self.method}
 
     def search_config(self, max_new_tokens: int, seed: int) -> SearchConfig:
         """The engine settings of this point (unguarded = greedy decoding)."""
@@ -34,8 +48,12 @@ class MethodSpec:
                 max_new_tokens=max_new_tokens,
                 seed=seed,
             )
-        return SearchConfig(  # the published run: the paper's reward ranking, no commit-lag pruning
-            method=self.method,  # type: ignore[arg-type]
+        if self.method == "saffron":  # what a ChatSaffron user gets at this budget
+            return SearchConfig(
+                method="saffron", budget=self.budget, max_new_tokens=max_new_tokens, seed=seed
+            )
+        return SearchConfig(  # the paper's reward ranking, no commit-lag pruning (prm_beam's too)
+            method="saffron" if self.method == "saffron_reward" else self.method,  # type: ignore[arg-type]
             budget=self.budget,
             max_new_tokens=max_new_tokens,
             seed=seed,

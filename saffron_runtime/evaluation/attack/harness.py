@@ -96,7 +96,7 @@ class AttackHarness:
             "prompt_id": p.id,
             "prompt": p.prompt,
             "prefill_ids": prefill,
-            "method": spec.method,
+            **spec.key_fields(),
             "budget": spec.budget,
             "max_new_tokens": s.max_new_tokens,
             "seed": s.seed,
@@ -195,6 +195,7 @@ class AttackHarness:
                     "refusal_p": judged.refusal_p,
                     "strings_refusal": judged.refused_strings,
                     "flops": gen.flops,
+                    "flops_reward": gen.stats.get("flops_reward"),
                     "wall_s": gen.wall_s,
                 }
             )
@@ -211,7 +212,11 @@ class AttackHarness:
             prefill_ids=prefill,
             flops=float(row["flops"]),
             wall_s=float(row["wall_s"]),
-            stats={"from_ledger": True, "n_tokens": row.get("n_tokens")},
+            stats={
+                "from_ledger": True,
+                "n_tokens": row.get("n_tokens"),
+                "flops_reward": row.get("flops_reward"),  # absent from the first run's lines
+            },
         )
         return self._verdict(
             p,

@@ -10,13 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from saffron_runtime.errors import ConfigError
-from saffron_runtime.evaluation.attack.grid import AttackSettings, MethodSpec
+from saffron_runtime.evaluation.attack.grid import (
+    METHODS,
+    MRM_METHODS,
+    AttackSettings,
+    MethodSpec,
+)
 from saffron_runtime.evaluation.attack.harness import AttackHarness, Judged
 from saffron_runtime.evaluation.attack.stats import (
     attack_table,
     matched_comparison,
     over_refusal_table,
     paired_difference,
+    prm_comparison,
 )
 from saffron_runtime.evaluation.attack.store import (
     GenerationCache,
@@ -89,7 +95,7 @@ def build_harness(
         GenerationCache(cache_dir),
         settings=settings,
         fingerprint=fp,
-        method_fingerprints={m: no_mrm for m in ("unguarded", "best_of_n", "prm_beam")},
+        method_fingerprints={m: no_mrm for m in METHODS if m not in MRM_METHODS},
         ledger=VerdictLedger(ledger) if ledger is not None else None,
         judges_id=judges_id,
     )
@@ -204,6 +210,7 @@ def report(
         )
     refusal: TextJudge = harness.refusal_judge
     s = harness.settings
+    vs_prm = prm_comparison(attacked, rows, grid)
     return {
         "results": rows,
         "over_refusal": {
@@ -212,6 +219,7 @@ def report(
         },
         "judges": judges_report(harness, data_dir),
         "matched": matched,
+        "vs_prm_beam": vs_prm,
         "config": {
             "prompts": str(prompts),
             "n_prompts": len({j.prompt_id for j in attacked}),

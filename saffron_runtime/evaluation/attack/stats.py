@@ -16,6 +16,15 @@ def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def _reward_tflops(js: Sequence[Judged]) -> float | None:
+    """Mean TFLOPs of the reward models (MRM, PRM, ranker) per prompt; None when a verdict does not
+    record them (the first published run's ledger lines)."""
+    got = [j.generation.stats.get("flops_reward") for j in js]
+    if not got or any(f is None for f in got):
+        return None
+    return _mean([float(f) / 1e12 for f in got])
+
+
 def attack_table(judged: Sequence[Judged], grid: Sequence[MethodSpec]) -> list[dict[str, Any]]:
     """One row per grid point: attack success rates under each judge and TFLOPs per prompt."""
     rows = []
@@ -29,6 +38,7 @@ def attack_table(judged: Sequence[Judged], grid: Sequence[MethodSpec]) -> list[d
                 "asr_independent": _mean([float(j.independent_unsafe) for j in js]),
                 "asr_strings": _mean([float(j.strings_unsafe) for j in js]),
                 "tflops_per_prompt": _mean([j.generation.flops / 1e12 for j in js]),
+                "reward_tflops_per_prompt": _reward_tflops(js),
                 "wall_s_per_prompt": _mean([j.generation.wall_s for j in js]),
                 "n": len(js),
             }
@@ -82,6 +92,30 @@ def matched_comparison(
         for k in ("asr_learned", "asr_independent", "asr_strings")
     }
     return {"saffron": saf, "best_of_n": bon, "asr_ratio": ratio}
+
+
+def prm_comparison(
+    judged: Sequence[Judged], rows: Sequence[dict[str, Any]], grid: Sequence[MethodSpec]
+) -> dict[str, Any] | None:
+    """Saffron against PRM beam search at Saffron's largest budget that both ran: the paired
+    difference of their attack success and the ratio of their reward-model TFLOPs."""
+    spec = {(g.method, g.budget): g for g in grid}
+    budgets = [b for (m, b) in spec if m == "saffron" and ("prm_beam", b) in spec]
+    if not budgets:
+        return None
+    b = max(budgets)
+    row = {(r["method"], r["budget"]): r for r in rows}
+    saf, prm = row["saffron", b], row["prm_beam", b]
+    ratio = None
+    if saf.get("reward_tflops_per_prompt") is not None and prm.get("reward_tflops_per_prompt"):
+        ratio = saf["reward_tflops_per_prompt"] / prm["reward_tflops_per_prompt"]
+    return {
+        "budget": b,
+        "saffron": saf,
+        "prm_beam": prm,
+        "reward_tflops_ratio": ratio,
+        "paired": paired_difference(judged, spec["saffron", b], spec["prm_beam", b]),
+    }
 
 
 JUDGE_KEYS: tuple[tuple[str, str], ...] = (
