@@ -199,7 +199,7 @@ def eval_attack_cmd(
             help="Comma-separated: unguarded,best_of_n,prm_beam,saffron,saffron_reward (saffron: "
             "ChatSaffron's default search; saffron_reward: the paper's ranking by reward)."
         ),
-    ] = "unguarded,best_of_n,prm_beam,saffron,saffron_reward",
+    ] = "unguarded,best_of_n,prm_beam,saffron",
     budgets: Annotated[str, typer.Option(help="Budgets of every method, e.g. 2,4,8.")] = "2,4,8",
     bon_n: Annotated[
         str | None, typer.Option(help="N of Best-of-N (overrides --budgets for it), e.g. 8,16,32.")
