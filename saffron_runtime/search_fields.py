@@ -64,6 +64,10 @@ class SearchFields(BaseModel):
     below it the judge calls the text unsafe)."""
     logprob_weight: float = Field(1.0, ge=0.0, le=1000.0)
     """Weight of the mean log-probability in ``reward_plus_logprob``."""
+    no_repeat_ngram_size: int = Field(0, ge=0, le=64)
+    """Ban every token that would repeat an n-gram of this many tokens already in the response (Hugging
+    Face's setting of the same name; every method). 0 (default) bans nothing; a beam search over a
+    small policy can loop on a phrase ("your surroundings, your surroundings"), which 3 or 4 stops."""
     faithful: bool = False
     """Reproduce the reference code's quirks (finished-beam ranking) instead of the fixed rules."""
     max_commit_lag: int | None = Field(8, ge=1, le=8192)

@@ -89,6 +89,34 @@ class GrammarBan:
         return logits.masked_fill(disallowed, NEG_INF)
 
 
+class NoRepeatNGram:
+    """Bans every token that would repeat an ``n``-gram of the beam's response (Hugging Face's
+    ``no_repeat_ngram_size``): a small policy's beam search otherwise loops on a phrase."""
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ConfigError(f"no_repeat_ngram_size={n} must be at least 1 (0 turns the ban off)")
+        self.n = n
+
+    def banned(self, ids: Sequence[int]) -> list[int]:
+        """The tokens that, appended to ``ids``, would complete an ``n``-gram ``ids`` already holds."""
+        n = self.n
+        if len(ids) < n:
+            return []
+        tail = tuple(ids[len(ids) - n + 1 :]) if n > 1 else ()
+        return sorted(
+            {ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i : i + n - 1]) == tail}
+        )
+
+    def __call__(self, beam: Beam, logits: torch.Tensor) -> torch.Tensor:
+        banned = [t for t in self.banned(beam.ids) if t < logits.shape[-1]]
+        if not banned:
+            return logits
+        mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        mask[banned] = True
+        return logits.masked_fill(mask, NEG_INF)
+
+
 class Nucleus:
     """The candidate children of a beam: the top-``top_p`` set of its filtered logits.
 

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
 
 from saffron_runtime.constraints import ConstraintState, Grammar
-from saffron_runtime.search.filters import EosBan, GrammarBan, LogitsFilter
+from saffron_runtime.search.filters import EosBan, GrammarBan, LogitsFilter, NoRepeatNGram
 from saffron_runtime.search.result import SearchResult, StreamChunk
 from saffron_runtime.search.run import SearchRun
 
@@ -50,8 +50,12 @@ class SearchMethod(ABC):
         return self.constraint.start() if self.constraint is not None else None
 
     def bans(self) -> list[LogitsFilter]:
-        """The filters every method applies to the policy's logits: EOS ban, then grammar ban."""
-        return [EosBan(self.engine.eos_ids, self.config.min_new_tokens), GrammarBan()]
+        """The filters every method applies to the policy's logits: EOS ban, repeated n-gram ban
+        (when set), then grammar ban."""
+        bans: list[LogitsFilter] = [EosBan(self.engine.eos_ids, self.config.min_new_tokens)]
+        if self.config.no_repeat_ngram_size:
+            bans.append(NoRepeatNGram(self.config.no_repeat_ngram_size))
+        return [*bans, GrammarBan()]
 
     def is_last(self, step: int) -> bool:
         """Whether ``step`` is the final one: its frontier is never expanded, so skip the forward."""

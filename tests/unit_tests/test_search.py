@@ -277,6 +277,23 @@ def test_eos_banned_for_min_new_tokens(models):
     assert len(r.token_ids) == 5 and r.token_ids[-1] == eng.policy.tokenizer.eos_token_id
 
 
+def _has_repeated_ngram(ids: list[int], n: int) -> bool:
+    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+@pytest.mark.parametrize("method", ["saffron", "prm_beam", "best_of_n", "greedy"])
+def test_no_repeat_ngram_size_keeps_every_methods_answer_free_of_a_repeated_ngram(models, method):
+    eng = make_engine(models)
+    # a tiny nucleus makes Best-of-N's samples the policy's top token, which the tiny random policy loops on
+    cfg = {"method": method, "budget": 2, "num_samples": 2, "max_new_tokens": 24, "min_new_tokens": 24,
+           "top_p": 0.01 if method == "best_of_n" else 0.8}
+    plain, _ = run(eng, **cfg)
+    assert _has_repeated_ngram(plain.token_ids, 2)
+    banned, _ = run(eng, **cfg, no_repeat_ngram_size=2)
+    assert len(banned.token_ids) == 24 and not _has_repeated_ngram(banned.token_ids, 2)
+
+
 def _multibyte_grammar(tok):
     # ß, ø, ж, ё are not in the tokenizer's training text: each is two byte-tokens, so they always span tokens
     return Grammar(tok, "regex", "ßø( (жё|ßø|café|中文))*")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from saffron_runtime.constraints import Grammar
 from saffron_runtime.errors import ConfigError
@@ -13,6 +15,7 @@ from saffron_runtime.search.filters import (
     EosRewardSubstitution,
     EosStop,
     GrammarBan,
+    NoRepeatNGram,
     Nucleus,
     StopStrings,
     Temperature,
@@ -99,3 +102,32 @@ def test_stop_criteria(tiny):
     stop = StopStrings(tok, ["help"])
     assert stop(ids) and not stop(ids[:1]) and not StopStrings(tok, [])(ids)
     assert stop.truncate("café help me") == "café "
+
+
+def _repeats(ids: list[int], n: int) -> bool:
+    """Whether ``ids`` holds some n-gram twice (the oracle, written the slow way)."""
+    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+@settings(max_examples=200, deadline=None)
+@given(ids=st.lists(st.integers(0, 5), max_size=14), n=st.integers(1, 4))
+def test_no_repeat_ngram_bans_exactly_the_tokens_that_would_repeat_an_ngram(ids, n):
+    ban = NoRepeatNGram(n)
+    prefix: list[int] = []  # the longest start of ids without a repeated n-gram (a response the ban made)
+    for i in ids:
+        if _repeats([*prefix, i], n):
+            break
+        prefix.append(i)
+    banned = set(ban.banned(prefix))
+    for t in range(6):
+        assert (t in banned) == _repeats([*prefix, t], n), (prefix, n, t)
+
+
+def test_no_repeat_ngram_masks_only_the_banned_tokens_and_rejects_zero():
+    logits = torch.zeros(6)
+    out = NoRepeatNGram(2)(_beam([3, 4, 1, 3]), logits)  # "3 4" is in the response: 4 may not follow 3
+    assert out[4] == float("-inf") and torch.isfinite(out[[0, 1, 2, 3, 5]]).all()
+    assert NoRepeatNGram(3)(_beam([3, 4]), logits) is logits  # too short to repeat a 3-gram
+    with pytest.raises(ConfigError, match="no_repeat_ngram_size=0"):
+        NoRepeatNGram(0)
