@@ -35,6 +35,8 @@ QUALITY_METHODS: dict[str, dict[str, Any]] = {
     "best_of_8": {"method": "best_of_n", "num_samples": 8, "temperature": 1.0, "top_p": 0.8},
     "saffron": {"method": "saffron"},
     "saffron_reward": {"method": "saffron", "objective": "reward"},
+    "saffron_no_repeat_3": {"method": "saffron", "no_repeat_ngram_size": 3},
+    "saffron_no_repeat_4": {"method": "saffron", "no_repeat_ngram_size": 4},
     "prm_beam": {"method": "prm_beam"},
     "prm_beam_reward": {"method": "prm_beam", "objective": "reward"},
 }
