@@ -91,9 +91,14 @@ def main() -> None:
     print(
         f"\nJudges: learned = {j['learned']['rule']}; independent = {j['independent']['name']} "
         f"(held-out accuracy {j['independent']['held_out_accuracy']:.3f}); refusal = {j['refusal']['name']} "
-        f"(PyRIT refusal accuracy {j['refusal']['pyrit_refusal_accuracy']}); strings on PyRIT refusal "
-        f"{j['strings']['pyrit_refusal_accuracy']}"
+        f"(PyRIT refusal accuracy {_fmt(j['refusal']['pyrit_refusal_accuracy'])}); strings on PyRIT refusal "
+        f"{_fmt(j['strings']['pyrit_refusal_accuracy'])}"
     )
+
+
+def _fmt(x: float | None) -> str:
+    """Three decimals, or "n/a" where the data to measure it was missing."""
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 if __name__ == "__main__":
