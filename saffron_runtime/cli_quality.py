@@ -17,7 +17,10 @@ from saffron_runtime.cli_support import console, one_line_errors, quiet
 @one_line_errors
 def eval_quality_cmd(
     prompts: Annotated[Path, typer.Option(help="Benign prompts JSONL (id, prompt).")],
-    out: Annotated[Path, typer.Option(help="Report JSON (per-method means and 10 outputs each).")],
+    out: Annotated[
+        Path,
+        typer.Option(help="Report JSON (per-method means, 10 outputs each; <out>_outputs.md beside it)."),
+    ],
     cache: Annotated[
         Path, typer.Option(help="Output cache JSONL (appended; a rerun resumes).")
     ] = Path("runs/quality/cache.jsonl"),
@@ -34,7 +37,7 @@ def eval_quality_cmd(
 
     Example: saffron eval quality --prompts runs/quality/benign.jsonl --out benchmarks/results/quality.json
     """
-    from saffron_runtime.evaluation.quality_run import QualityPrompt, run_quality
+    from saffron_runtime.evaluation.quality_run import QualityPrompt, outputs_markdown, run_quality
     from saffron_runtime.evaluation.text_judges import load_judges
     from saffron_runtime.jsonl import iter_jsonl
     from saffron_runtime.stack import StackOptions, build_stack
@@ -64,6 +67,7 @@ def eval_quality_cmd(
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    out.with_name(f"{out.stem}_outputs.md").write_text(outputs_markdown(report))
     for m, s in report["methods"].items():
         console.print(
             f"{m:16s} 3-gram repeats {s['repeated_trigram_share']:.3f}  runs>=4 {s['runs_of_4']:3d}  "

@@ -150,3 +150,21 @@ def _report(
             "examples": [{"prompt": r["prompt"], "output": r["text"]} for r in rows[:10]],
         }
     return out
+
+
+def outputs_markdown(report: dict[str, Any]) -> str:
+    """The report's verbatim outputs (10 per method) as Markdown, each answer block-quoted under its
+    prompt, so a reader sees what each method writes beside its measures."""
+    cmd = report.get("command", {})
+    lines = [
+        "# Benign outputs of each method, verbatim (first 10 of the quality report's prompts)",
+        f"Budget {cmd.get('budget')}, {cmd.get('max_new_tokens')} new tokens, MRM {cmd.get('mrm')}. "
+        "Written by `saffron eval quality` (see benchmarks/README.md).",
+    ]
+    for name, m in report["methods"].items():
+        lines += ["", f"## {name}"]
+        for ex in m["examples"]:
+            quoted = "\n".join(f"> {x}".rstrip() for x in ex["output"].split("\n"))
+            lines += ["", f"**{ex['prompt']}**", "", quoted]
+    return "\n".join(lines) + "\n"
+

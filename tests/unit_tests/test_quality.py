@@ -65,3 +65,15 @@ def test_quality_run_measures_every_method_and_resumes_from_its_cache(tiny, tmp_
     again = run_quality(stack, prompts, ["greedy", "saffron"], cache, budget=2, max_new_tokens=5, progress=False)
     assert len(cache.read_text().splitlines()) == 4  # nothing regenerated
     assert again["methods"]["greedy"]["examples"] == g["examples"]
+
+
+def test_outputs_markdown_quotes_every_method_s_answers_verbatim():
+    from saffron_runtime.evaluation.quality_run import outputs_markdown
+
+    report = {"command": {"budget": 4, "max_new_tokens": 48, "mrm": "bundled"}, "methods": {
+        "greedy": {"examples": [{"prompt": "Name a river.", "output": "The Nile.\n\nIt is long."}]},
+        "saffron": {"examples": [{"prompt": "Name a river.", "output": "The Amazon."}]}}}
+    md = outputs_markdown(report)
+    assert "## greedy" in md and "## saffron" in md and "Budget 4, 48 new tokens" in md
+    assert "**Name a river.**\n\n> The Nile.\n>\n> It is long." in md  # every line of an answer stays quoted
+    assert md.index("## greedy") < md.index("The Nile.") < md.index("## saffron") < md.index("The Amazon.")
