@@ -83,6 +83,11 @@ class SearchFields(BaseModel):
     model (the bundled heads monitor); off by default, so outputs stay as they were."""
     unseen_reward: float = UNSEEN_REWARD
     """Reward of tokens the MRM never saw supervised in training (conservative: they lose)."""
+    unseen_from_parent: bool = False
+    """Saffron: a token the MRM never saw supervised takes its parent's reward instead of
+    ``unseen_reward`` (as an EOS the MRM cannot score does). Off by default: conservative exploration
+    counts such tokens unsafe, which also turns benign answers naming a rare entity into refusals
+    (measured in benchmarks/README.md, "Saffron's over-refusal")."""
     seed: int = 0
     """Random seed of the sampling methods."""
 

@@ -170,6 +170,23 @@ class EosRewardSubstitution:
         return rewards
 
 
+class UnseenRewardSubstitution:
+    """A never-supervised child gets its parent's score instead of ``unseen_reward``: the MRM knows
+    nothing of it, so it neither condemns the beam (a rare name in a benign answer) nor clears it."""
+
+    def __init__(self, unseen: torch.Tensor) -> None:
+        self.unseen = unseen  # [policy vocab] bool, True = never supervised
+
+    def __call__(self, beam: Beam, token_ids: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        ids = token_ids.to(self.unseen.device)
+        inside = ids < self.unseen.shape[0]
+        hit = torch.zeros_like(ids, dtype=torch.bool)
+        hit[inside] = self.unseen[ids[inside]]
+        if not bool(hit.any()):
+            return rewards
+        return torch.where(hit.to(rewards.device), torch.full_like(rewards, beam.score), rewards)
+
+
 class StopCriterion(Protocol):
     """Says whether a beam with these response ids has ended."""
 

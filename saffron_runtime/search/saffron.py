@@ -16,6 +16,7 @@ from saffron_runtime.search.filters import (
     Nucleus,
     RewardFilter,
     UnseenRewardMask,
+    UnseenRewardSubstitution,
 )
 from saffron_runtime.search.frontier import Candidates, FrontierSearch
 
@@ -40,10 +41,22 @@ class Saffron(FrontierSearch):
         )
 
     def make_reward_filters(self) -> list[RewardFilter]:
-        """EOS reward substitution when the MRM cannot score EOS itself."""
+        """EOS reward substitution when the MRM cannot score EOS itself; unseen tokens take their
+        parent's score when ``unseen_from_parent`` is set."""
+        filters: list[RewardFilter] = []
+        if self.config.unseen_from_parent and self.mrm.unseen_mask is not None:
+            filters.append(UnseenRewardSubstitution(self.policy_unseen_mask()))
         if not self.mrm.eos_supervised or self.eos_is_masked():
-            return [EosRewardSubstitution(self.engine.eos_ids)]
-        return []
+            filters.append(EosRewardSubstitution(self.engine.eos_ids))
+        return filters
+
+    def policy_unseen_mask(self) -> torch.Tensor:
+        """The MRM's unseen mask indexed by policy token id."""
+        mask = self.mrm.unseen_mask
+        assert mask is not None
+        if self.mrm.token_map is not None:
+            return mask[self.mrm.token_map[: self.engine.vocab].to(mask.device)]
+        return mask[: self.engine.vocab]
 
     def start(self) -> Beam:
         run, engine = self.run, self.engine

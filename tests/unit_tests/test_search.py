@@ -294,6 +294,16 @@ def test_no_repeat_ngram_size_keeps_every_methods_answer_free_of_a_repeated_ngra
     assert len(banned.token_ids) == 24 and not _has_repeated_ngram(banned.token_ids, 2)
 
 
+def test_unseen_from_parent_lets_saffron_pick_a_never_supervised_child(models):
+    eng = make_engine(models, unseen_every=2)  # every other token unseen: the default never picks one
+    unseen = eng.mrm.unseen_mask
+    plain, _ = run(eng, method="saffron", budget=2, max_new_tokens=8, min_new_tokens=8, objective="reward")
+    assert not any(bool(unseen[t]) for t in plain.token_ids)
+    freed, _ = run(eng, method="saffron", budget=2, max_new_tokens=8, min_new_tokens=8, objective="reward",
+                   unseen_from_parent=True)
+    assert any(bool(unseen[t]) for t in freed.token_ids)
+
+
 def _multibyte_grammar(tok):
     # ß, ø, ж, ё are not in the tokenizer's training text: each is two byte-tokens, so they always span tokens
     return Grammar(tok, "regex", "ßø( (жё|ßø|café|中文))*")

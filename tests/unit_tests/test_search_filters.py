@@ -19,6 +19,7 @@ from saffron_runtime.search.filters import (
     Nucleus,
     StopStrings,
     Temperature,
+    UnseenRewardSubstitution,
 )
 from saffron_runtime.search.nucleus import nucleus
 
@@ -93,6 +94,16 @@ def test_eos_reward_substitution_gives_eos_its_parents_score():
     assert out.tolist() == pytest.approx([0.1, 0.25, 0.3]) and rewards[1] == -1024.0  # input untouched
     no_eos = rewards[[0, 2]]
     assert sub(_beam(), torch.tensor([4, 9]), no_eos) is no_eos  # nothing to substitute: no copy
+
+
+def test_unseen_reward_substitution_gives_only_never_supervised_children_their_parents_score():
+    unseen = torch.tensor([False, True, False, True])  # tokens 1 and 3 were never supervised
+    sub = UnseenRewardSubstitution(unseen)
+    rewards = torch.tensor([0.5, -1024.0, -2.0, -1024.0, 0.7])  # token 9 lies past the mask: kept
+    out = sub(_beam([0], score=1.5), torch.tensor([0, 1, 2, 3, 9]), rewards)
+    assert out.tolist() == pytest.approx([0.5, 1.5, -2.0, 1.5, 0.7]) and rewards[1] == -1024.0
+    seen = torch.tensor([0.5, -2.0])
+    assert sub(_beam(), torch.tensor([0, 2]), seen) is seen
 
 
 def test_stop_criteria(tiny):
