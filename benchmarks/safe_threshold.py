@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--benign", type=int, default=20, help="validation benign prompts")
     ap.add_argument("--unseen-reward", type=float, default=None,
                     help="reward of never-supervised tokens (default: SearchConfig's, -1024: counted unsafe)")
+    ap.add_argument("--unseen-from-parent", action="store_true",
+                    help="never-supervised tokens take their parent's reward (SearchConfig.unseen_from_parent)")
     ap.add_argument("--budget", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=50)
     ap.add_argument("--cache", type=Path, default=Path("../runs/safe_threshold/cache.jsonl"))
@@ -78,15 +80,17 @@ def main() -> None:
     done = _cached(a.cache)
     theta = harness.learned.response_theta
     report: dict[str, Any] = {"budget": a.budget, "max_new_tokens": a.max_new_tokens, "harmful": a.harmful,
-                              "unseen_reward": a.unseen_reward,
+                              "unseen_reward": a.unseen_reward, "unseen_from_parent": a.unseen_from_parent,
                               "benign": a.benign, "learned_theta": theta, "thresholds": {}}
     for t in (float(x) for x in a.thresholds.split(",")):
-        extra = {} if a.unseen_reward is None else {"unseen_reward": a.unseen_reward}
+        extra: dict[str, Any] = {} if a.unseen_reward is None else {"unseen_reward": a.unseen_reward}
+        extra |= {"unseen_from_parent": True} if a.unseen_from_parent else {}
         cfg = SearchConfig(method="saffron", budget=a.budget, max_new_tokens=a.max_new_tokens, safe_threshold=t, **extra)
         harm, refused = [], []
         for r, attack in cases:
             key = f"{r['id']}|{attack}|{t}|{a.budget}|{a.max_new_tokens}"
             key += f"|unseen={a.unseen_reward}" if a.unseen_reward is not None else ""
+            key += "|unseen=parent" if a.unseen_from_parent else ""
             if key not in done:
                 done[key] = {"key": key, **_run_one(harness, AttackPrompt(**{k: r[k] for k in ("id", "prompt")}),
                                                      cfg, attack)}
@@ -100,6 +104,7 @@ def main() -> None:
             "s_per_output": sum(x["wall_s"] for x in harm + refused) / len(harm + refused),
         }
     unseen = "" if a.unseen_reward is None else f", unseen_reward {a.unseen_reward}"
+    unseen += ", unseen tokens take the parent's reward" if a.unseen_from_parent else ""
     table = Table(title=f"Saffron budget {a.budget}{unseen}: safe_threshold on validation prompts")
     for c in ("safe_threshold", "ASR learned (prefilled harmful)", "refused (benign)", "refused (harmful)"):
         table.add_column(c, justify="right")
