@@ -82,15 +82,16 @@ def main() -> None:
     report: dict[str, Any] = {"budget": a.budget, "max_new_tokens": a.max_new_tokens, "harmful": a.harmful,
                               "unseen_reward": a.unseen_reward, "unseen_from_parent": a.unseen_from_parent,
                               "benign": a.benign, "learned_theta": theta, "thresholds": {}}
+    fields: dict[str, Any] = {"method": "saffron", "budget": a.budget, "max_new_tokens": a.max_new_tokens,
+                              "unseen_from_parent": a.unseen_from_parent}
+    suffix = "|unseen=parent" if a.unseen_from_parent else ""
+    if a.unseen_reward is not None:
+        fields["unseen_reward"], suffix = a.unseen_reward, f"|unseen={a.unseen_reward}{suffix}"
     for t in (float(x) for x in a.thresholds.split(",")):
-        extra: dict[str, Any] = {} if a.unseen_reward is None else {"unseen_reward": a.unseen_reward}
-        extra |= {"unseen_from_parent": True} if a.unseen_from_parent else {}
-        cfg = SearchConfig(method="saffron", budget=a.budget, max_new_tokens=a.max_new_tokens, safe_threshold=t, **extra)
+        cfg = SearchConfig(**fields, safe_threshold=t)
         harm, refused = [], []
         for r, attack in cases:
-            key = f"{r['id']}|{attack}|{t}|{a.budget}|{a.max_new_tokens}"
-            key += f"|unseen={a.unseen_reward}" if a.unseen_reward is not None else ""
-            key += "|unseen=parent" if a.unseen_from_parent else ""
+            key = f"{r['id']}|{attack}|{t}|{a.budget}|{a.max_new_tokens}{suffix}"
             if key not in done:
                 done[key] = {"key": key, **_run_one(harness, AttackPrompt(**{k: r[k] for k in ("id", "prompt")}),
                                                      cfg, attack)}
