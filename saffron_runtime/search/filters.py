@@ -153,38 +153,45 @@ class UnseenRewardMask:
         return rewards
 
 
-class EosRewardSubstitution:
+class ParentScoreSubstitution:
+    """Children whose token :meth:`takes_parent` marks get their parent's score instead of their
+    reward (a copy; the input is untouched, and returned as is when no child is marked)."""
+
+    def takes_parent(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Bool ``[n]``: which children take their parent's score."""
+        raise NotImplementedError
+
+    def __call__(self, beam: Beam, token_ids: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        hit = self.takes_parent(token_ids).to(rewards.device)
+        if not bool(hit.any()):
+            return rewards
+        return torch.where(hit, torch.full_like(rewards, beam.score), rewards)
+
+
+class EosRewardSubstitution(ParentScoreSubstitution):
     """An EOS child gets its parent's score: the last token's reward stands for an EOS the MRM
     was never trained on (or masks as unseen), so finishing is neither free nor forbidden."""
 
     def __init__(self, eos_ids: Iterable[int]) -> None:
         self.eos_ids = frozenset(int(e) for e in eos_ids)
 
-    def __call__(self, beam: Beam, token_ids: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
-        eos_rows = [j for j, t in enumerate(token_ids.tolist()) if t in self.eos_ids]
-        if not eos_rows:
-            return rewards
-        rewards = rewards.clone()
-        for j in eos_rows:
-            rewards[j] = beam.score
-        return rewards
+    def takes_parent(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([t in self.eos_ids for t in token_ids.tolist()], dtype=torch.bool)
 
 
-class UnseenRewardSubstitution:
+class UnseenRewardSubstitution(ParentScoreSubstitution):
     """A never-supervised child gets its parent's score instead of ``unseen_reward``: the MRM knows
     nothing of it, so it neither condemns the beam (a rare name in a benign answer) nor clears it."""
 
     def __init__(self, unseen: torch.Tensor) -> None:
         self.unseen = unseen  # [policy vocab] bool, True = never supervised
 
-    def __call__(self, beam: Beam, token_ids: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    def takes_parent(self, token_ids: torch.Tensor) -> torch.Tensor:
         ids = token_ids.to(self.unseen.device)
         inside = ids < self.unseen.shape[0]
         hit = torch.zeros_like(ids, dtype=torch.bool)
         hit[inside] = self.unseen[ids[inside]]
-        if not bool(hit.any()):
-            return rewards
-        return torch.where(hit.to(rewards.device), torch.full_like(rewards, beam.score), rewards)
+        return hit
 
 
 class StopCriterion(Protocol):
