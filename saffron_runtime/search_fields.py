@@ -68,6 +68,11 @@ class SearchFields(BaseModel):
     """Ban every token that would repeat an n-gram of this many tokens already in the response (Hugging
     Face's setting of the same name; every method). 0 (default) bans nothing; a beam search over a
     small policy can loop on a phrase ("your surroundings, your surroundings"), which 3 or 4 stops."""
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    """Hugging Face's setting of the same name, on the response's tokens (every method): a token already
+    in the response has its logit divided by this (multiplied if negative) before the nucleus and the
+    policy's log-probability are taken. 1.0 (default) changes nothing; above 1 a phrase loop loses
+    likelihood, which a beam search over a small policy otherwise favours."""
     faithful: bool = False
     """Reproduce the reference code's quirks (finished-beam ranking) instead of the fixed rules."""
     max_commit_lag: int | None = Field(8, ge=1, le=8192)

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, RepetitionPenaltyLogitsProcessor
 
 from saffron_runtime.errors import ConfigError
 from saffron_runtime.models.mrm import MultifurcationRewardModel
@@ -115,6 +115,25 @@ class NoRepeatNGram:
         mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
         mask[banned] = True
         return logits.masked_fill(mask, NEG_INF)
+
+
+class RepetitionPenalty:
+    """Hugging Face's ``repetition_penalty`` on the beam's response tokens: a token already in the
+    response has its logit divided by ``penalty`` (multiplied, if negative), so a phrase loop loses
+    likelihood without a hard ban that would break code repeating a short token pattern."""
+
+    def __init__(self, penalty: float) -> None:
+        if penalty <= 0:
+            raise ConfigError(f"repetition_penalty={penalty} must be positive (1.0 turns it off)")
+        self.processor = RepetitionPenaltyLogitsProcessor(penalty)
+
+    def __call__(self, beam: Beam, logits: torch.Tensor) -> torch.Tensor:
+        width = logits.shape[-1]
+        seen = [t for t in beam.ids if t < width]
+        if not seen:
+            return logits
+        ids = torch.tensor([seen], dtype=torch.long, device=logits.device)
+        return self.processor(ids, logits.unsqueeze(0)).squeeze(0)
 
 
 class Nucleus:

@@ -6,7 +6,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
 
 from saffron_runtime.constraints import ConstraintState, Grammar
-from saffron_runtime.search.filters import EosBan, GrammarBan, LogitsFilter, NoRepeatNGram
+from saffron_runtime.search.filters import (
+    EosBan,
+    GrammarBan,
+    LogitsFilter,
+    NoRepeatNGram,
+    RepetitionPenalty,
+)
 from saffron_runtime.search.result import SearchResult, StreamChunk
 from saffron_runtime.search.run import SearchRun
 
@@ -50,9 +56,11 @@ class SearchMethod(ABC):
         return self.constraint.start() if self.constraint is not None else None
 
     def bans(self) -> list[LogitsFilter]:
-        """The filters every method applies to the policy's logits: EOS ban, repeated n-gram ban
-        (when set), then grammar ban."""
+        """The filters every method applies to the policy's logits: EOS ban, repetition penalty and
+        repeated n-gram ban (when set), then grammar ban."""
         bans: list[LogitsFilter] = [EosBan(self.engine.eos_ids, self.config.min_new_tokens)]
+        if self.config.repetition_penalty != 1.0:
+            bans.append(RepetitionPenalty(self.config.repetition_penalty))
         if self.config.no_repeat_ngram_size:
             bans.append(NoRepeatNGram(self.config.no_repeat_ngram_size))
         return [*bans, GrammarBan()]

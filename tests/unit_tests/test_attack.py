@@ -24,6 +24,13 @@ from saffron_runtime.evaluation.attack import (
     prm_comparison,
     reference_start,
 )
+from saffron_runtime.evaluation.attack.grid import (
+    KEY_REFERENCE,
+    KEYED_ELSEWHERE,
+    METHODS,
+    changed_settings,
+)
+from saffron_runtime.search.config import SearchConfig
 
 
 def _harness(saved, cache, independent="minilm", ledger=None, **kw):
@@ -244,6 +251,24 @@ def test_saffron_is_chatsaffrons_default_and_the_papers_ranking_keeps_the_publis
     assert MethodSpec("saffron_reward", 8).key_fields() == {"method": "saffron"}
     assert MethodSpec("saffron", 8).key_fields() != MethodSpec("saffron_reward", 8).key_fields()
     assert MethodSpec("prm_beam", 8).key_fields() == {"method": "prm_beam"}
+
+
+def test_every_search_setting_is_either_keyed_or_has_a_reference_value():
+    assert set(SearchConfig.model_fields) == KEYED_ELSEWHERE | set(KEY_REFERENCE)
+    for method in METHODS:  # the published grid runs at the reference values: its keys are unchanged
+        assert changed_settings(method, MethodSpec(method, 8).search_config(50, 0)) == {}
+
+
+def test_a_changed_setting_changes_the_keys_of_exactly_the_methods_that_read_it():
+    def keyed(method: str, **changes: object) -> dict:
+        cfg = MethodSpec(method, 8).search_config(50, 0).model_copy(update=changes)
+        return changed_settings(method, cfg)
+
+    assert keyed("saffron", unseen_from_parent=True) == {"unseen_from_parent": True}
+    assert keyed("saffron_reward", unseen_from_parent=True) == {"unseen_from_parent": True}
+    assert keyed("prm_beam", unseen_from_parent=True) == {}  # prm_beam never reads the MRM's mask
+    for method in METHODS:
+        assert keyed(method, repetition_penalty=1.2) == {"repetition_penalty": 1.2}
 
 
 def test_prm_comparison_pairs_saffron_with_prm_beam_at_its_largest_shared_budget():

@@ -294,6 +294,22 @@ def test_no_repeat_ngram_size_keeps_every_methods_answer_free_of_a_repeated_ngra
     assert len(banned.token_ids) == 24 and not _has_repeated_ngram(banned.token_ids, 2)
 
 
+@pytest.mark.parametrize("method", ["saffron", "prm_beam", "best_of_n", "greedy"])
+def test_repetition_penalty_makes_every_methods_answer_repeat_fewer_tokens(models, method):
+    eng = make_engine(models)
+    cfg = {"method": method, "budget": 2, "num_samples": 2, "max_new_tokens": 24, "min_new_tokens": 24,
+           "top_p": 0.01 if method == "best_of_n" else 0.8}
+    plain, _ = run(eng, **cfg)
+    penalised, _ = run(eng, **cfg, repetition_penalty=10.0)
+    assert len(penalised.token_ids) == 24
+    assert len(set(penalised.token_ids)) > len(set(plain.token_ids))
+
+
+def test_repetition_penalty_must_be_positive():
+    with pytest.raises(ConfigError, match="repetition_penalty"):
+        SearchConfig(repetition_penalty=0.0)
+
+
 def test_unseen_from_parent_lets_saffron_pick_a_never_supervised_child(models):
     eng = make_engine(models, unseen_every=2)  # every other token unseen: the default never picks one
     unseen = eng.mrm.unseen_mask

@@ -18,6 +18,72 @@ MRM_METHODS: tuple[str, ...] = ("saffron", "saffron_reward")
 """The methods whose output depends on the MRM (a retrained MRM regenerates only these)."""
 
 
+KEY_REFERENCE: dict[str, Any] = {
+    "top_p": 0.8,
+    "temperature": 1.0,
+    "min_new_tokens": 1,
+    "safe_threshold": 0.0,
+    "logprob_weight": 1.0,
+    "no_repeat_ngram_size": 0,
+    "repetition_penalty": 1.0,
+    "unseen_reward": -1024.0,
+    "unseen_from_parent": False,
+    "prm_children": 4,
+    "faithful": False,
+    "prune_flagged_beams": False,
+    "stop": [],
+}
+"""The search settings every key in the ledger so far was generated with. A key records each setting
+its method reads whose value differs from these, so a changed default regenerates exactly the outputs
+it changes while the keys already in the ledger stay valid. A new search setting must be added here
+with the value the existing outputs had (a test fails otherwise)."""
+KEYED_ELSEWHERE: frozenset[str] = frozenset(
+    {"method", "budget", "num_samples", "max_new_tokens", "seed", "objective", "max_commit_lag"}
+)
+"""Settings the key holds by the grid point itself (method, budget, run settings, the saffron row's
+objective and commit lag)."""
+NOT_READ: dict[str, frozenset[str]] = {
+    "unguarded": frozenset(
+        {
+            "top_p",
+            "temperature",
+            "safe_threshold",
+            "logprob_weight",
+            "unseen_reward",
+            "unseen_from_parent",
+            "prm_children",
+            "faithful",
+            "prune_flagged_beams",
+        }
+    ),
+    "best_of_n": frozenset(
+        {
+            "safe_threshold",
+            "logprob_weight",
+            "unseen_reward",
+            "unseen_from_parent",
+            "prm_children",
+            "faithful",
+            "prune_flagged_beams",
+        }
+    ),
+    "prm_beam": frozenset({"temperature", "unseen_reward", "unseen_from_parent"}),
+    "saffron": frozenset({"temperature", "prm_children"}),
+    "saffron_reward": frozenset({"temperature", "prm_children"}),
+}
+"""Settings a method's output does not depend on: a change to them keeps its cached outputs."""
+
+
+def changed_settings(method: str, cfg: SearchConfig) -> dict[str, Any]:
+    """The settings ``method`` reads whose value in ``cfg`` differs from :data:`KEY_REFERENCE`."""
+    values = cfg.model_dump()
+    return {
+        name: values[name]
+        for name, ref in KEY_REFERENCE.items()
+        if name not in NOT_READ[method] and values[name] != ref
+    }
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """One point of the grid: a method and its budget (for Best-of-N, ``budget`` is N)."""
@@ -27,13 +93,20 @@ class MethodSpec:
 
     def key_fields(self) -> dict[str, Any]:
         """What the cache key records of the method: its published name, plus the settings that
-        differ from the first published run's (so the paper's ranking keeps that run's keys)."""
+        differ from the first published run's (so the paper's ranking keeps that run's keys), plus
+        every setting the method reads that differs from :data:`KEY_REFERENCE`."""
+        cfg = self.search_config(1, 0)
         if self.method == "saffron_reward":
-            return {"method": "saffron"}
-        if self.method == "saffron":
-            cfg = self.search_config(1, 0)
-            return {"method": "saffron", "objective": cfg.objective, "commit_lag": cfg.max_commit_lag}
-        return {"method": self.method}
+            fields: dict[str, Any] = {"method": "saffron"}
+        elif self.method == "saffron":
+            fields = {
+                "method": "saffron",
+                "objective": cfg.objective,
+                "commit_lag": cfg.max_commit_lag,
+            }
+        else:
+            fields = {"method": self.method}
+        return {**fields, **changed_settings(self.method, cfg)}
 
     def search_config(self, max_new_tokens: int, seed: int) -> SearchConfig:
         """The engine settings of this point (unguarded = greedy decoding)."""
