@@ -8,6 +8,7 @@ outputs per method verbatim (benign prompts only: nothing harmful is written).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -55,11 +56,18 @@ def method_config(name: str, *, budget: int, max_new_tokens: int, seed: int) -> 
     return SearchConfig(**fields, max_new_tokens=max_new_tokens, seed=seed, max_commit_lag=None)
 
 
-def _cached(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+def settings_key(config: Any) -> str:
+    """A short hash of every search setting: a cached answer is reused only under the same settings,
+    so a changed default, budget or length regenerates instead of reporting stale answers."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _cached(path: Path, keys: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The cached answers made under each method's current settings (``keys``: method -> settings key)."""
     if not path.is_file():
         return {}
     rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    return {(r["method"], r["id"]): r for r in rows}
+    return {(r["method"], r["id"]): r for r in rows if keys.get(r["method"]) == r.get("settings_key")}
 
 
 def run_quality(
@@ -77,11 +85,12 @@ def run_quality(
     """Generate (or read from ``cache``) every method's answer to every prompt and summarise them."""
     cache_p = Path(cache)
     cache_p.parent.mkdir(parents=True, exist_ok=True)
-    done = _cached(cache_p)
     configs = {
         m: method_config(m, budget=budget, max_new_tokens=max_new_tokens, seed=seed)
         for m in methods
     }
+    keys = {m: settings_key(c) for m, c in configs.items()}
+    done = _cached(cache_p, keys)
     cols = (TextColumn("quality"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     total = len(methods) * len(prompts)
     with Progress(*cols, disable=not progress) as bar, cache_p.open("a", encoding="utf-8") as f:
@@ -98,6 +107,7 @@ def run_quality(
                 r = engine.search(ids, configs[m], prompt_text=p["prompt"])
                 row = {
                     "method": m,
+                    "settings_key": keys[m],
                     "id": p["id"],
                     "prompt": p["prompt"],
                     "text": r.text,

@@ -65,6 +65,9 @@ def test_quality_run_measures_every_method_and_resumes_from_its_cache(tiny, tmp_
     again = run_quality(stack, prompts, ["greedy", "saffron"], cache, budget=2, max_new_tokens=5, progress=False)
     assert len(cache.read_text().splitlines()) == 4  # nothing regenerated
     assert again["methods"]["greedy"]["examples"] == g["examples"]
+    longer = run_quality(stack, prompts, ["greedy"], cache, budget=2, max_new_tokens=6, progress=False)
+    assert len(cache.read_text().splitlines()) == 6  # other settings: regenerated, not the stale answers
+    assert longer["methods"]["greedy"]["settings"]["max_new_tokens"] == 6
 
 
 def test_outputs_markdown_quotes_every_method_s_answers_verbatim():
