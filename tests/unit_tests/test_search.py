@@ -282,12 +282,17 @@ def _has_repeated_ngram(ids: list[int], n: int) -> bool:
     return len(grams) != len(set(grams))
 
 
+def _looping(method: str) -> dict:
+    """24 tokens of ``method`` where the tiny random policy loops; a tiny nucleus makes Best-of-N's samples
+    the policy's top token, which it loops on."""
+    return {"method": method, "budget": 2, "num_samples": 2, "max_new_tokens": 24, "min_new_tokens": 24,
+            "top_p": 0.01 if method == "best_of_n" else 0.8}
+
+
 @pytest.mark.parametrize("method", ["saffron", "prm_beam", "best_of_n", "greedy"])
 def test_no_repeat_ngram_size_keeps_every_methods_answer_free_of_a_repeated_ngram(models, method):
     eng = make_engine(models)
-    # a tiny nucleus makes Best-of-N's samples the policy's top token, which the tiny random policy loops on
-    cfg = {"method": method, "budget": 2, "num_samples": 2, "max_new_tokens": 24, "min_new_tokens": 24,
-           "top_p": 0.01 if method == "best_of_n" else 0.8}
+    cfg = _looping(method)
     plain, _ = run(eng, **cfg)
     assert _has_repeated_ngram(plain.token_ids, 2)
     banned, _ = run(eng, **cfg, no_repeat_ngram_size=2)
@@ -297,8 +302,7 @@ def test_no_repeat_ngram_size_keeps_every_methods_answer_free_of_a_repeated_ngra
 @pytest.mark.parametrize("method", ["saffron", "prm_beam", "best_of_n", "greedy"])
 def test_repetition_penalty_makes_every_methods_answer_repeat_fewer_tokens(models, method):
     eng = make_engine(models)
-    cfg = {"method": method, "budget": 2, "num_samples": 2, "max_new_tokens": 24, "min_new_tokens": 24,
-           "top_p": 0.01 if method == "best_of_n" else 0.8}
+    cfg = _looping(method)
     plain, _ = run(eng, **cfg)
     penalised, _ = run(eng, **cfg, repetition_penalty=10.0)
     assert len(penalised.token_ids) == 24

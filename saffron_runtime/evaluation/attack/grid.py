@@ -42,34 +42,16 @@ KEYED_ELSEWHERE: frozenset[str] = frozenset(
 )
 """Settings the key holds by the grid point itself (method, budget, run settings, the saffron row's
 objective and commit lag)."""
+# frontier ranking (Saffron, PRM beam); the MRM's unseen mask (Saffron); sampling and PRM children
+_FRONTIER = frozenset({"safe_threshold", "logprob_weight", "faithful", "prune_flagged_beams"})
+_MRM_MASK = frozenset({"unseen_reward", "unseen_from_parent"})
+_NOT_SEARCH = frozenset({"temperature", "prm_children"})
 NOT_READ: dict[str, frozenset[str]] = {
-    "unguarded": frozenset(
-        {
-            "top_p",
-            "temperature",
-            "safe_threshold",
-            "logprob_weight",
-            "unseen_reward",
-            "unseen_from_parent",
-            "prm_children",
-            "faithful",
-            "prune_flagged_beams",
-        }
-    ),
-    "best_of_n": frozenset(
-        {
-            "safe_threshold",
-            "logprob_weight",
-            "unseen_reward",
-            "unseen_from_parent",
-            "prm_children",
-            "faithful",
-            "prune_flagged_beams",
-        }
-    ),
-    "prm_beam": frozenset({"temperature", "unseen_reward", "unseen_from_parent"}),
-    "saffron": frozenset({"temperature", "prm_children"}),
-    "saffron_reward": frozenset({"temperature", "prm_children"}),
+    "unguarded": _FRONTIER | _MRM_MASK | _NOT_SEARCH | {"top_p"},
+    "best_of_n": _FRONTIER | _MRM_MASK | {"prm_children"},
+    "prm_beam": _MRM_MASK | {"temperature"},
+    "saffron": _NOT_SEARCH,
+    "saffron_reward": _NOT_SEARCH,
 }
 """Settings a method's output does not depend on: a change to them keeps its cached outputs."""
 
