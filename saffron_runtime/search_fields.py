@@ -59,9 +59,11 @@ class SearchFields(BaseModel):
     ranking by reward alone (among safe children that is the reward model's noise, and the text drifts
     into repetition); ``reward_plus_logprob``: reward + ``logprob_weight`` x mean log-probability.
     Chosen by measurement: see docs/engine.md. ``faithful=True`` always ranks by reward."""
-    safe_threshold: float = 0.0
-    """Reward at or above which ``safe_likelihood`` treats a child as safe (the judge margin's 0:
-    below it the judge calls the text unsafe)."""
+    safe_threshold: float = 2.0
+    """Reward at or above which ``safe_likelihood`` treats a child as safe. 2.0 (default), a margin
+    above the judge's own 0, chosen on 132 validation prompts with ``unseen_from_parent``: it lowered
+    the learned judge's attack success from 0.40 to 0.25 and benign refusals from 0.19 to 0.06 against
+    0.0 with conservative exploration (benchmarks/README.md, "On 132 validation prompts")."""
     logprob_weight: float = Field(1.0, ge=0.0, le=1000.0)
     """Weight of the mean log-probability in ``reward_plus_logprob``."""
     no_repeat_ngram_size: int = Field(0, ge=0, le=64)
@@ -88,11 +90,13 @@ class SearchFields(BaseModel):
     model (the bundled heads monitor); off by default, so outputs stay as they were."""
     unseen_reward: float = UNSEEN_REWARD
     """Reward of tokens the MRM never saw supervised in training (conservative: they lose)."""
-    unseen_from_parent: bool = False
+    unseen_from_parent: bool = True
     """Saffron: a token the MRM never saw supervised takes its parent's reward instead of
-    ``unseen_reward`` (as an EOS the MRM cannot score does). Off by default: conservative exploration
-    counts such tokens unsafe, which also turns benign answers naming a rare entity into refusals
-    (measured in benchmarks/README.md, "Saffron's over-refusal")."""
+    ``unseen_reward`` (as an EOS the MRM cannot score does). On by default: the paper's conservative
+    exploration (``False``, and always under ``faithful=True``) counts such tokens unsafe, and with the
+    bundled MRM, which saw 17% of the vocabulary supervised, that turns benign answers naming a rare
+    entity into refusals (benchmarks/README.md, "Saffron's over-refusal"); the higher
+    ``safe_threshold`` takes back the safety it would cost."""
     seed: int = 0
     """Random seed of the sampling methods."""
 

@@ -256,7 +256,11 @@ def test_saffron_is_chatsaffrons_default_and_the_papers_ranking_keeps_the_publis
 def test_every_search_setting_is_either_keyed_or_has_a_reference_value():
     assert set(SearchConfig.model_fields) == KEYED_ELSEWHERE | set(KEY_REFERENCE)
     for method in METHODS:  # the published grid runs at the reference values: its keys are unchanged
-        assert changed_settings(method, MethodSpec(method, 8).search_config(50, 0)) == {}
+        changed = changed_settings(method, MethodSpec(method, 8).search_config(50, 0))
+        if method == "saffron":  # ChatSaffron's default, whose defaults moved since the first run
+            assert changed == {"safe_threshold": 2.0, "unseen_from_parent": True}
+        else:
+            assert changed == {}
 
 
 def test_a_changed_setting_changes_the_keys_of_exactly_the_methods_that_read_it():
@@ -264,11 +268,16 @@ def test_a_changed_setting_changes_the_keys_of_exactly_the_methods_that_read_it(
         cfg = MethodSpec(method, 8).search_config(50, 0).model_copy(update=changes)
         return changed_settings(method, cfg)
 
-    assert keyed("saffron", unseen_from_parent=True) == {"unseen_from_parent": True}
+    assert keyed("saffron", unseen_from_parent=False) == {"safe_threshold": 2.0}
     assert keyed("saffron_reward", unseen_from_parent=True) == {"unseen_from_parent": True}
     assert keyed("prm_beam", unseen_from_parent=True) == {}  # prm_beam never reads the MRM's mask
+    assert keyed("saffron_reward", unseen_from_parent=True, faithful=True) == {"faithful": True}
+    # a threshold only the safe-likelihood objective reads: the reward-ranked rows keep their keys
+    assert keyed("saffron_reward", safe_threshold=3.0) == {}
+    assert keyed("prm_beam", safe_threshold=3.0) == {}
+    assert keyed("saffron", safe_threshold=3.0)["safe_threshold"] == 3.0
     for method in METHODS:
-        assert keyed(method, repetition_penalty=1.2) == {"repetition_penalty": 1.2}
+        assert keyed(method, repetition_penalty=1.2) == {**keyed(method), "repetition_penalty": 1.2}
 
 
 def test_prm_comparison_pairs_saffron_with_prm_beam_at_its_largest_shared_budget():

@@ -155,7 +155,8 @@ def test_saffron_keeps_global_top_budget_by_reward_and_masks_unseen(models, monk
     eng = make_engine(models, unseen_every=2)
     steps = _record_saffron_steps(monkeypatch)
     budget, top_p = 4, 0.8
-    r, _ = run(eng, method="saffron", budget=budget, max_new_tokens=6, top_p=top_p, objective="reward")
+    r, _ = run(eng, method="saffron", budget=budget, max_new_tokens=6, top_p=top_p, objective="reward",
+               unseen_from_parent=False)  # the paper's conservative exploration: unseen tokens lose
     prompt_ids = eng.chat_prompt_ids(PROMPT)
     assert len(steps) >= 3 and any(len(ranked) > 1 for ranked, _ in steps)
     for ranked, kept in steps:
@@ -203,7 +204,7 @@ def test_safe_likelihood_ranks_safe_children_by_the_policy_and_the_rest_by_rewar
     steps = _record_saffron_steps(monkeypatch)
     budget = 3
     r, _ = run(eng, method="saffron", budget=budget, max_new_tokens=5, min_new_tokens=6,
-               objective="safe_likelihood", safe_threshold=threshold)
+               objective="safe_likelihood", safe_threshold=threshold, unseen_from_parent=False)
     assert len(steps) >= 3
     mixed = 0
     for ranked, kept in steps:
@@ -315,12 +316,14 @@ def test_repetition_penalty_must_be_positive():
 
 
 def test_unseen_from_parent_lets_saffron_pick_a_never_supervised_child(models):
-    eng = make_engine(models, unseen_every=2)  # every other token unseen: the default never picks one
+    eng = make_engine(models, unseen_every=2)  # every other token unseen
     unseen = eng.mrm.unseen_mask
-    plain, _ = run(eng, method="saffron", budget=2, max_new_tokens=8, min_new_tokens=8, objective="reward")
+    common = dict(method="saffron", budget=2, max_new_tokens=8, min_new_tokens=8, objective="reward")
+    plain, _ = run(eng, **common, unseen_from_parent=False)
     assert not any(bool(unseen[t]) for t in plain.token_ids)
-    freed, _ = run(eng, method="saffron", budget=2, max_new_tokens=8, min_new_tokens=8, objective="reward",
-                   unseen_from_parent=True)
+    faithful, _ = run(eng, **common, unseen_from_parent=True, faithful=True)  # the paper's exploration
+    assert not any(bool(unseen[t]) for t in faithful.token_ids)
+    freed, _ = run(eng, **common)  # the default: unseen tokens take the parent's reward
     assert any(bool(unseen[t]) for t in freed.token_ids)
 
 

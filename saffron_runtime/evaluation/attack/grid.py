@@ -56,13 +56,25 @@ NOT_READ: dict[str, frozenset[str]] = {
 """Settings a method's output does not depend on: a change to them keeps its cached outputs."""
 
 
+OBJECTIVE_READS: dict[str, str] = {
+    "safe_threshold": "safe_likelihood",
+    "logprob_weight": "reward_plus_logprob",
+}
+"""Settings only one objective reads: under any other objective they change no output."""
+
+
 def changed_settings(method: str, cfg: SearchConfig) -> dict[str, Any]:
     """The settings ``method`` reads whose value in ``cfg`` differs from :data:`KEY_REFERENCE`."""
     values = cfg.model_dump()
+    unread = NOT_READ[method] | {
+        name for name, objective in OBJECTIVE_READS.items() if cfg.objective != objective
+    }
+    if cfg.faithful:
+        unread |= {"unseen_from_parent"}
     return {
         name: values[name]
         for name, ref in KEY_REFERENCE.items()
-        if name not in NOT_READ[method] and values[name] != ref
+        if name not in unread and values[name] != ref
     }
 
 
@@ -107,13 +119,14 @@ class MethodSpec:
             return SearchConfig(
                 method="saffron", budget=self.budget, max_new_tokens=max_new_tokens, seed=seed
             )
-        return SearchConfig(  # the paper's reward ranking, no commit-lag pruning (prm_beam's too)
+        return SearchConfig(  # the paper's reward ranking and conservative exploration, no pruning
             method="saffron" if self.method == "saffron_reward" else self.method,  # type: ignore[arg-type]
             budget=self.budget,
             max_new_tokens=max_new_tokens,
             seed=seed,
             objective="reward",
             max_commit_lag=None,
+            unseen_from_parent=False,
         )
 
 
