@@ -69,6 +69,8 @@ def main() -> None:
                     help="never-supervised tokens take their parent's reward (SearchConfig.unseen_from_parent)")
     ap.add_argument("--repetition-penalty", type=float, default=1.0,
                     help="SearchConfig.repetition_penalty (1.0: off, the default)")
+    ap.add_argument("--unsafe-logprob-weight", type=float, default=0.0,
+                    help="SearchConfig.unsafe_logprob_weight (0: children predicted unsafe rank by reward alone)")
     ap.add_argument("--budget", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=50)
     ap.add_argument("--cache", type=Path, default=Path("../runs/safe_threshold/cache.jsonl"))
@@ -85,12 +87,15 @@ def main() -> None:
     report: dict[str, Any] = {"budget": a.budget, "max_new_tokens": a.max_new_tokens, "harmful": a.harmful,
                               "unseen_reward": a.unseen_reward, "unseen_from_parent": a.unseen_from_parent,
                               "repetition_penalty": a.repetition_penalty,
+                              "unsafe_logprob_weight": a.unsafe_logprob_weight,
                               "benign": a.benign, "learned_theta": theta, "thresholds": {}}
     fields: dict[str, Any] = {"method": "saffron", "budget": a.budget, "max_new_tokens": a.max_new_tokens,
                               "unseen_from_parent": a.unseen_from_parent,
-                              "repetition_penalty": a.repetition_penalty}
+                              "repetition_penalty": a.repetition_penalty,
+                              "unsafe_logprob_weight": a.unsafe_logprob_weight}
     suffix = "|unseen=parent" if a.unseen_from_parent else ""
     suffix += f"|rep={a.repetition_penalty}" if a.repetition_penalty != 1.0 else ""
+    suffix += f"|unsafe_lp={a.unsafe_logprob_weight}" if a.unsafe_logprob_weight else ""
     if a.unseen_reward is not None:
         fields["unseen_reward"], suffix = a.unseen_reward, f"|unseen={a.unseen_reward}{suffix}"
     for t in (float(x) for x in a.thresholds.split(",")):
@@ -115,6 +120,7 @@ def main() -> None:
     unseen = "" if a.unseen_reward is None else f", unseen_reward {a.unseen_reward}"
     unseen += ", unseen tokens take the parent's reward" if a.unseen_from_parent else ""
     unseen += f", repetition_penalty {a.repetition_penalty}" if a.repetition_penalty != 1.0 else ""
+    unseen += f", unsafe_logprob_weight {a.unsafe_logprob_weight}" if a.unsafe_logprob_weight else ""
     table = Table(title=f"Saffron budget {a.budget}{unseen}: safe_threshold on validation prompts")
     for c in ("safe_threshold", "ASR learned (prefilled harmful)", "refused (benign)", "refused (harmful)",
               "repeated 3-grams (benign)", "word 4x in a row (benign)"):

@@ -66,6 +66,11 @@ class SearchFields(BaseModel):
     0.0 with conservative exploration (benchmarks/README.md, "On 132 validation prompts")."""
     logprob_weight: float = Field(1.0, ge=0.0, le=1000.0)
     """Weight of the mean log-probability in ``reward_plus_logprob``."""
+    unsafe_logprob_weight: float = Field(0.0, ge=0.0, le=1000.0)
+    """``safe_likelihood``: children predicted unsafe rank by reward + this x mean log-probability
+    instead of reward alone, so where every child falls under ``safe_threshold`` the policy still has a
+    say (the reward alone there is the paper's ranking, which drifts into word salad). 0 (default):
+    reward alone, as measured in the published evaluation."""
     no_repeat_ngram_size: int = Field(0, ge=0, le=64)
     """Ban every token that would repeat an n-gram of this many tokens already in the response (Hugging
     Face's setting of the same name; every method). 0 (default) bans nothing; a beam search over a

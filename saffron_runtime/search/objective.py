@@ -47,14 +47,19 @@ class RewardObjective:
 
 
 class SafeLikelihood:
-    """The policy's mean log-probability among children predicted safe; reward among the others."""
+    """The policy's mean log-probability among children predicted safe; among the others, reward
+    (plus ``unsafe_weight`` times the mean log-probability)."""
 
-    def __init__(self, threshold: float) -> None:
+    def __init__(self, threshold: float, unsafe_weight: float = 0.0) -> None:
         self.threshold = threshold
+        self.unsafe_weight = unsafe_weight
 
     def __call__(self, rewards: torch.Tensor, cum_logprobs: torch.Tensor, length: int) -> torch.Tensor:
         mean_logprob = cum_logprobs / max(length, 1)
-        return torch.where(rewards >= self.threshold, mean_logprob, UNSAFE_OFFSET + rewards)
+        unsafe = UNSAFE_OFFSET + rewards
+        if self.unsafe_weight:
+            unsafe = unsafe + self.unsafe_weight * mean_logprob
+        return torch.where(rewards >= self.threshold, mean_logprob, unsafe)
 
 
 class RewardPlusLogprob:
@@ -70,7 +75,7 @@ class RewardPlusLogprob:
 def make_objective(config: SearchConfig) -> Objective:
     """The objective a search config names."""
     if config.objective == "safe_likelihood":
-        return SafeLikelihood(config.safe_threshold)
+        return SafeLikelihood(config.safe_threshold, config.unsafe_logprob_weight)
     if config.objective == "reward_plus_logprob":
         return RewardPlusLogprob(config.logprob_weight)
     return RewardObjective()

@@ -192,8 +192,10 @@ def _logprob(eng: SearchEngine, prompt_ids: list[int], ids: list[int]) -> float:
     return float(sum(logp[n - 1 + i, t] for i, t in enumerate(ids)))
 
 
-@pytest.mark.parametrize("quantile", [0.0, 0.5])
-def test_safe_likelihood_ranks_safe_children_by_the_policy_and_the_rest_by_reward(models, monkeypatch, quantile):
+@pytest.mark.parametrize(("quantile", "unsafe_weight"), [(0.0, 0.0), (0.5, 0.0), (0.99, 50.0)])
+def test_safe_likelihood_ranks_safe_children_by_the_policy_and_the_rest_by_reward(
+    models, monkeypatch, quantile, unsafe_weight
+):
     """Brute force over every (frontier node, nucleus child) pair: children with reward >= the
     threshold first, by the beam's log-probability; then the others, by reward."""
     eng = make_engine(models, unseen_every=2)
@@ -204,7 +206,8 @@ def test_safe_likelihood_ranks_safe_children_by_the_policy_and_the_rest_by_rewar
     steps = _record_saffron_steps(monkeypatch)
     budget = 3
     r, _ = run(eng, method="saffron", budget=budget, max_new_tokens=5, min_new_tokens=6,
-               objective="safe_likelihood", safe_threshold=threshold, unseen_from_parent=False)
+               objective="safe_likelihood", safe_threshold=threshold, unseen_from_parent=False,
+               unsafe_logprob_weight=unsafe_weight)
     assert len(steps) >= 3
     mixed = 0
     for ranked, kept in steps:
@@ -214,7 +217,9 @@ def test_safe_likelihood_ranks_safe_children_by_the_policy_and_the_rest_by_rewar
             for t in _policy_nucleus(eng, prompt_ids, ids, 0.8, 6):
                 reward = float(rewards[t])
                 safe = reward >= threshold
-                key = (1, _logprob(eng, prompt_ids, ids + [t])) if safe else (0, reward)
+                logprob = _logprob(eng, prompt_ids, ids + [t])
+                # unsafe children: reward, plus the weighted mean log-probability when asked
+                key = (1, logprob) if safe else (0, reward + unsafe_weight * logprob / (len(ids) + 1))
                 pairs.append((key, tuple(ids), t))
         mixed += len({k[0] for k, _, _ in pairs}) > 1
         pairs.sort(key=lambda p: p[0], reverse=True)

@@ -24,6 +24,7 @@ KEY_REFERENCE: dict[str, Any] = {
     "min_new_tokens": 1,
     "safe_threshold": 0.0,
     "logprob_weight": 1.0,
+    "unsafe_logprob_weight": 0.0,
     "no_repeat_ngram_size": 0,
     "repetition_penalty": 1.0,
     "unseen_reward": -1024.0,
@@ -43,7 +44,9 @@ KEYED_ELSEWHERE: frozenset[str] = frozenset(
 """Settings the key holds by the grid point itself (method, budget, run settings, the saffron row's
 objective and commit lag)."""
 # frontier ranking (Saffron, PRM beam); the MRM's unseen mask (Saffron); sampling and PRM children
-_FRONTIER = frozenset({"safe_threshold", "logprob_weight", "faithful", "prune_flagged_beams"})
+_FRONTIER = frozenset(
+    {"safe_threshold", "logprob_weight", "unsafe_logprob_weight", "faithful", "prune_flagged_beams"}
+)
 _MRM_MASK = frozenset({"unseen_reward", "unseen_from_parent"})
 _NOT_SEARCH = frozenset({"temperature", "prm_children"})
 NOT_READ: dict[str, frozenset[str]] = {
@@ -58,6 +61,7 @@ NOT_READ: dict[str, frozenset[str]] = {
 
 OBJECTIVE_READS: dict[str, str] = {
     "safe_threshold": "safe_likelihood",
+    "unsafe_logprob_weight": "safe_likelihood",
     "logprob_weight": "reward_plus_logprob",
 }
 """Settings only one objective reads: under any other objective they change no output."""
