@@ -42,11 +42,9 @@ class Saffron(FrontierSearch):
 
     def make_reward_filters(self) -> list[RewardFilter]:
         """EOS reward substitution when the MRM cannot score EOS itself; unseen tokens take their
-        parent's score when ``unseen_from_parent`` is set (never under ``faithful``, whose reference
-        code counts them unsafe)."""
+        parent's score when ``unseen_from_parent`` is set (``SaffronFaithful`` uses none of these)."""
         filters: list[RewardFilter] = []
-        inherit = self.config.unseen_from_parent and not self.config.faithful
-        if inherit and self.mrm.unseen_mask is not None:
+        if self.config.unseen_from_parent and self.mrm.unseen_mask is not None:
             filters.append(UnseenRewardSubstitution(self.policy_unseen_mask()))
         if not self.mrm.eos_supervised or self.eos_is_masked():
             filters.append(EosRewardSubstitution(self.engine.eos_ids))
