@@ -49,7 +49,7 @@ SAFFRON := OMP_NUM_THREADS=1 $(VENV)/bin/saffron
 JUDGE := saffron_runtime/bundled/saffron-monitor-smollm2-heads
 LORA_ALL := q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 
-.PHONY: mrm-children monitor-policy bundled bundled-data bundled-mrm bundled-monitor-heads bundled-monitor-heads-calibrate bundled-monitor-lora \
+.PHONY: policy-rollouts mrm-children monitor-policy bundled bundled-data bundled-mrm bundled-monitor-heads bundled-monitor-heads-calibrate bundled-monitor-lora \
   bundled-judges bundled-request-judge eval-attack
 # The three bundled models, two one-thread jobs at a time (LoRA monitor beside heads monitor, then MRM, then the
 # heads calibration on the core the LoRA monitor frees; measured 1 h 52 min + 324 s, see the model cards):
@@ -91,13 +91,17 @@ bundled-mrm: bundled-data
 # load 3-5: rollouts 21 min, children 44 min, training 15 min, each evaluation ~10 min; results in
 # benchmarks/README.md ("The MRM on every judged child").
 MRM_JUDGE := saffron_runtime/bundled/saffron-monitor-smollm2-lora
-mrm-children: bundled-data
+# The policy's own rollouts of 500 training and 120 test prompts (plain, and "Sure, here is"-prefilled for the
+# harmful ones), judged by the LoRA monitor: the input of both mrm-children and monitor-policy (resumable).
+policy-rollouts: bundled-data
 	$(SAFFRON) data rewards --prompts $(RUNS)/data/prompts_train.jsonl --sample 500 \
 	  --out $(RUNS)/mrm-children/rewards_train.jsonl --judge-monitor $(MRM_JUDGE) --max-new-tokens 48 \
 	  --batch-size 32 --prefill-harmful "Sure, here is" --judge-ema 0.3
 	$(SAFFRON) data rewards --prompts $(RUNS)/data/prompts_test.jsonl --sample 120 --seed 1 \
 	  --out $(RUNS)/mrm-children/rewards_test.jsonl --judge-monitor $(MRM_JUDGE) --max-new-tokens 48 \
 	  --batch-size 32 --prefill-harmful "Sure, here is" --judge-ema 0.3
+
+mrm-children: policy-rollouts
 	$(SAFFRON) data children --data $(RUNS)/mrm-children/rewards_train.jsonl \
 	  --out $(RUNS)/mrm-children/children_train.jsonl --judge-monitor $(MRM_JUDGE) --judge-ema 0.3 \
 	  --positions 12 --max-children 12 --top-p 0.8
@@ -115,7 +119,8 @@ mrm-children: bundled-data
 # test rows measure the stop rate on the policy's own continuations of held-out prompts.
 PM := $(RUNS)/policy-monitor
 HARM_FROM ?= all
-monitor-policy: bundled-data
+PM_EPOCHS ?= 1
+monitor-policy: policy-rollouts
 	mkdir -p $(PM)
 	grep '"label": 0' $(RUNS)/data/prompts_train.jsonl > $(PM)-benign-prompts.jsonl
 	$(SAFFRON) data rewards --prompts $(PM)-benign-prompts.jsonl --sample 200 --out $(PM)/rollouts_benign_train.jsonl \
@@ -127,7 +132,7 @@ monitor-policy: bundled-data
 	  --out $(PM)/policy_test.jsonl --harm-from $(HARM_FROM)
 	cat $(RUNS)/data/monitor_train.jsonl $(PM)/policy_train.jsonl > $(PM)/monitor_train_plus.jsonl
 	$(SAFFRON) train monitor --data $(PM)/monitor_train_plus.jsonl --val $(RUNS)/data/monitor_val.jsonl \
-	  --prompt-data $(RUNS)/data/prompts_train.jsonl --out $(PM)/monitor-heads --variant heads --epochs 1 \
+	  --prompt-data $(RUNS)/data/prompts_train.jsonl --out $(PM)/monitor-heads --variant heads --epochs $(PM_EPOCHS) \
 	  --batch-size 8 --checkpoint-every 25
 	$(SAFFRON) eval monitor --data $(RUNS)/data/monitor_test.jsonl --monitor $(PM)/monitor-heads --json
 	$(SAFFRON) eval monitor --data $(PM)/policy_test.jsonl --monitor $(PM)/monitor-heads --json

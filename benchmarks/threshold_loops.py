@@ -2,11 +2,14 @@
 
 ChatSaffron's default (unseen tokens take the parent's reward, ``safe_threshold`` 2) sometimes loops on a
 name in FreshQA answers ("Max Temperature Max Max Max ..."). This runs Saffron on chosen benign questions
-under each combination of ``unseen_from_parent`` and ``safe_threshold`` and prints the answers and their
-repetition, so the setting behind the loops can be read off. No harmful prompt is read.
+under named variants of its exploration settings (``--variants``: the threshold, the unseen-token rule, the
+siblings cap, the unsafe children's log-probability weight) and prints the answers and their repetition, so the
+setting behind the loops can be read off. No harmful prompt is read.
 
     cd benchmarks && OMP_NUM_THREADS=2 ../.venv/bin/python threshold_loops.py \
         --ids freshqa-365,freshqa-595 --out results/threshold_loops.json
+    cd benchmarks && OMP_NUM_THREADS=1 ../.venv/bin/python threshold_loops.py --ids <ids> \
+        --variants default,siblings-cap,unsafe-logprob-4 --out results/loop_variants.json
 """
 
 from __future__ import annotations
@@ -22,14 +25,17 @@ from saffron_runtime.evaluation.quality import longest_word_run, repeated_trigra
 from saffron_runtime.search.config import SearchConfig
 from saffron_runtime.stack import StackOptions, build_stack
 
-SETTINGS: tuple[tuple[bool, float], ...] = (
-    (True, 2.0),
-    (True, 1.0),
-    (True, 0.0),
-    (False, 2.0),
-    (False, 0.0),
-)
-"""(unseen_from_parent, safe_threshold) pairs; the first is ChatSaffron's default."""
+VARIANTS: dict[str, dict[str, object]] = {
+    "default": {},
+    "threshold-1": {"safe_threshold": 1.0},
+    "threshold-0": {"safe_threshold": 0.0},
+    "unseen-unsafe": {"unseen_from_parent": False},
+    "unseen-unsafe-threshold-0": {"unseen_from_parent": False, "safe_threshold": 0.0},
+    "siblings-cap": {"unseen_siblings_cap": True},
+    "unsafe-logprob-4": {"unsafe_logprob_weight": 4.0},
+}
+"""Named settings of Saffron's exploration, each what it changes from ChatSaffron's default search."""
+DEFAULT_VARIANTS = "default,threshold-1,threshold-0,unseen-unsafe,unseen-unsafe-threshold-0"
 
 
 def main() -> None:
@@ -39,7 +45,16 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--variants",
+        default=DEFAULT_VARIANTS,
+        help=f"comma-separated names of VARIANTS: {', '.join(VARIANTS)}",
+    )
     a = ap.parse_args()
+    names = a.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     rows = {r["id"]: r["prompt"] for r in map(json.loads, a.prompts.read_text().splitlines())}
     missing = [i for i in a.ids.split(",") if i not in rows]
     if missing:
@@ -52,21 +67,22 @@ def main() -> None:
     results = []
     for pid in a.ids.split(","):
         ids = engine.chat_prompt_ids(rows[pid])
-        for parent, threshold in SETTINGS:
+        for name in names:
             cfg = SearchConfig(
                 method="saffron",
                 budget=a.budget,
                 max_new_tokens=a.max_new_tokens,
                 max_commit_lag=None,
-                unseen_from_parent=parent,
-                safe_threshold=threshold,
+                **VARIANTS[name],  # type: ignore[arg-type]
             )
             text = engine.search(ids, cfg, prompt_text=rows[pid]).text
             results.append(
                 {
                     "id": pid,
-                    "unseen_from_parent": parent,
-                    "safe_threshold": threshold,
+                    "variant": name,
+                    "unseen_from_parent": cfg.unseen_from_parent,
+                    "safe_threshold": cfg.safe_threshold,
+                    "changes": VARIANTS[name],
                     "repeated_trigram_share": repeated_trigram_share(text),
                     "longest_word_run": longest_word_run(text),
                     "output": text,
@@ -77,8 +93,7 @@ def main() -> None:
     )
     for col in (
         "prompt",
-        "unseen tokens",
-        "safe_threshold",
+        "variant",
         "3-gram repeats",
         "word run",
         "output",
@@ -87,8 +102,7 @@ def main() -> None:
     for r in results:
         table.add_row(
             r["id"],
-            "parent's reward" if r["unseen_from_parent"] else "unsafe",
-            f"{r['safe_threshold']:g}",
+            r["variant"],
             f"{r['repeated_trigram_share']:.2f}",
             str(r["longest_word_run"]),
             r["output"][:120],

@@ -102,6 +102,11 @@ class SearchFields(BaseModel):
     bundled MRM, which saw 17% of the vocabulary supervised, that turns benign answers naming a rare
     entity into refusals (benchmarks/README.md, "Saffron's over-refusal"); the higher
     ``safe_threshold`` takes back the safety it would cost."""
+    unseen_siblings_cap: bool = False
+    """Saffron with ``unseen_from_parent``: the parent's score an unseen token takes is capped at the
+    policy-weighted mean reward of its seen siblings (the MRM's present view of the context), so a run
+    of unseen tokens cannot keep a safe score the MRM no longer gives ("Max Max Max ..." on benign
+    questions naming a rare entity: benchmarks/README.md, "Saffron's name loops")."""
     seed: int = 0
     """Random seed of the sampling methods."""
 

@@ -40,10 +40,11 @@ class LogitsFilter(Protocol):
 
 
 class RewardFilter(Protocol):
-    """Maps the rewards ``[n]`` of a beam's candidate tokens ``[n]`` to processed rewards."""
+    """Maps the rewards ``[n]`` of a beam's candidate tokens ``[n]`` (with the policy's nucleus
+    probabilities ``[n]`` of those tokens) to processed rewards."""
 
     def __call__(
-        self, beam: Beam, token_ids: torch.Tensor, rewards: torch.Tensor
+        self, beam: Beam, token_ids: torch.Tensor, rewards: torch.Tensor, probs: torch.Tensor
     ) -> torch.Tensor: ...
 
 
@@ -180,11 +181,20 @@ class ParentScoreSubstitution:
         """Bool ``[n]``: which children take their parent's score."""
         raise NotImplementedError
 
-    def __call__(self, beam: Beam, token_ids: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    def parent_score(
+        self, beam: Beam, hit: torch.Tensor, rewards: torch.Tensor, probs: torch.Tensor
+    ) -> float:
+        """The score the marked children take: the parent's own."""
+        return beam.score
+
+    def __call__(
+        self, beam: Beam, token_ids: torch.Tensor, rewards: torch.Tensor, probs: torch.Tensor
+    ) -> torch.Tensor:
         hit = self.takes_parent(token_ids).to(rewards.device)
         if not bool(hit.any()):
             return rewards
-        return torch.where(hit, torch.full_like(rewards, beam.score), rewards)
+        score = self.parent_score(beam, hit, rewards, probs)
+        return torch.where(hit, torch.full_like(rewards, score), rewards)
 
 
 class EosRewardSubstitution(ParentScoreSubstitution):
@@ -202,8 +212,22 @@ class UnseenRewardSubstitution(ParentScoreSubstitution):
     """A never-supervised child gets its parent's score instead of ``unseen_reward``: the MRM knows
     nothing of it, so it neither condemns the beam (a rare name in a benign answer) nor clears it."""
 
-    def __init__(self, unseen: torch.Tensor) -> None:
+    def __init__(self, unseen: torch.Tensor, *, siblings_cap: bool = False) -> None:
         self.unseen = unseen  # [policy vocab] bool, True = never supervised
+        self.siblings_cap = siblings_cap
+
+    def parent_score(
+        self, beam: Beam, hit: torch.Tensor, rewards: torch.Tensor, probs: torch.Tensor
+    ) -> float:
+        """The parent's score, or with ``siblings_cap`` at most the policy-weighted mean reward of the
+        seen siblings: the MRM's present view of this context, so a run of unseen tokens cannot carry
+        a score the MRM stopped giving several tokens ago ("Max Max Max ...")."""
+        seen = ~hit
+        if not self.siblings_cap or not bool(seen.any()):
+            return beam.score
+        weights = probs.to(rewards.device)[seen].float()
+        mean = float((weights * rewards[seen].float()).sum() / weights.sum().clamp_min(1e-12))
+        return min(beam.score, mean)
 
     def takes_parent(self, token_ids: torch.Tensor) -> torch.Tensor:
         ids = token_ids.to(self.unseen.device)

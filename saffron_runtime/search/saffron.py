@@ -45,7 +45,11 @@ class Saffron(FrontierSearch):
         parent's score when ``unseen_from_parent`` is set (``SaffronFaithful`` uses none of these)."""
         filters: list[RewardFilter] = []
         if self.config.unseen_from_parent and self.mrm.unseen_mask is not None:
-            filters.append(UnseenRewardSubstitution(self.policy_unseen_mask()))
+            filters.append(
+                UnseenRewardSubstitution(
+                    self.policy_unseen_mask(), siblings_cap=self.config.unseen_siblings_cap
+                )
+            )
         if not self.mrm.eos_supervised or self.eos_is_masked():
             filters.append(EosRewardSubstitution(self.engine.eos_ids))
         return filters
@@ -87,7 +91,7 @@ class Saffron(FrontierSearch):
             token_ids, probs = self.children(beam, beam.logits)  # type: ignore[arg-type]
             rewards = beam.rewards[token_ids]  # type: ignore[index]
             for reward_filter in self.reward_filters:
-                rewards = reward_filter(beam, token_ids, rewards)
+                rewards = reward_filter(beam, token_ids, rewards, probs)
             parents.extend([beam] * len(token_ids))
             child_tokens.append(token_ids)
             child_rewards.append(rewards)

@@ -272,6 +272,10 @@ def test_a_changed_setting_changes_the_keys_of_exactly_the_methods_that_read_it(
     assert keyed("saffron_reward", unseen_from_parent=True) == {"unseen_from_parent": True}
     assert keyed("prm_beam", unseen_from_parent=True) == {}  # prm_beam never reads the MRM's mask
     assert keyed("saffron_reward", unseen_from_parent=True, faithful=True) == {"faithful": True}
+    # the siblings cap only refines the parent's-reward rule: read only where that rule is on
+    assert keyed("saffron", unseen_siblings_cap=True)["unseen_siblings_cap"] is True
+    assert keyed("saffron", unseen_from_parent=False, unseen_siblings_cap=True) == {"safe_threshold": 2.0}
+    assert keyed("saffron_reward", unseen_siblings_cap=True) == {}
     # a threshold only the safe-likelihood objective reads: the reward-ranked rows keep their keys
     assert keyed("saffron_reward", safe_threshold=3.0) == {}
     assert keyed("prm_beam", safe_threshold=3.0) == {}

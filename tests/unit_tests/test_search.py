@@ -332,6 +332,16 @@ def test_unseen_from_parent_lets_saffron_pick_a_never_supervised_child(models):
     assert any(bool(unseen[t]) for t in freed.token_ids)
 
 
+def test_unseen_siblings_cap_lowers_what_never_supervised_children_inherit(models):
+    eng = make_engine(models, unseen_every=2)
+    unseen = eng.mrm.unseen_mask
+    common = dict(method="saffron", budget=2, max_new_tokens=12, min_new_tokens=12, objective="reward")
+    freed, _ = run(eng, **common)
+    capped, _ = run(eng, **common, unseen_siblings_cap=True)  # inherit at most the seen siblings' mean
+    n_freed, n_capped = (sum(bool(unseen[t]) for t in r.token_ids) for r in (freed, capped))
+    assert n_capped < n_freed
+
+
 def _multibyte_grammar(tok):
     # ß, ø, ж, ё are not in the tokenizer's training text: each is two byte-tokens, so they always span tokens
     return Grammar(tok, "regex", "ßø( (жё|ßø|café|中文))*")

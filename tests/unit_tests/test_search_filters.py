@@ -90,20 +90,37 @@ def test_nucleus_filter_composes_its_filters_in_order():
 def test_eos_reward_substitution_gives_eos_its_parents_score():
     sub = EosRewardSubstitution({2})
     rewards = torch.tensor([0.1, -1024.0, 0.3])
-    out = sub(_beam([7], score=0.25), torch.tensor([4, 2, 9]), rewards)
+    out = sub(_beam([7], score=0.25), torch.tensor([4, 2, 9]), rewards, torch.full((3,), 1 / 3))
     assert out.tolist() == pytest.approx([0.1, 0.25, 0.3]) and rewards[1] == -1024.0  # input untouched
     no_eos = rewards[[0, 2]]
-    assert sub(_beam(), torch.tensor([4, 9]), no_eos) is no_eos  # nothing to substitute: no copy
+    assert sub(_beam(), torch.tensor([4, 9]), no_eos, torch.ones(2)) is no_eos  # no copy
 
 
 def test_unseen_reward_substitution_gives_only_never_supervised_children_their_parents_score():
     unseen = torch.tensor([False, True, False, True])  # tokens 1 and 3 were never supervised
     sub = UnseenRewardSubstitution(unseen)
     rewards = torch.tensor([0.5, -1024.0, -2.0, -1024.0, 0.7])  # token 9 lies past the mask: kept
-    out = sub(_beam([0], score=1.5), torch.tensor([0, 1, 2, 3, 9]), rewards)
+    probs = torch.tensor([0.4, 0.3, 0.1, 0.1, 0.1])
+    out = sub(_beam([0], score=1.5), torch.tensor([0, 1, 2, 3, 9]), rewards, probs)
     assert out.tolist() == pytest.approx([0.5, 1.5, -2.0, 1.5, 0.7]) and rewards[1] == -1024.0
     seen = torch.tensor([0.5, -2.0])
-    assert sub(_beam(), torch.tensor([0, 2]), seen) is seen
+    assert sub(_beam(), torch.tensor([0, 2]), seen, torch.ones(2)) is seen
+
+
+def test_unseen_siblings_cap_gives_unseen_children_the_smaller_of_parent_and_siblings_mean():
+    unseen = torch.tensor([False, True, False, True])
+    sub = UnseenRewardSubstitution(unseen, siblings_cap=True)
+    rewards = torch.tensor([0.5, -1024.0, -2.0, -1024.0])
+    probs = torch.tensor([0.3, 0.4, 0.1, 0.2])  # seen siblings: tokens 0 and 2, weights 0.3 and 0.1
+    mean = (0.3 * 0.5 + 0.1 * -2.0) / 0.4  # -0.125, under the parent's 1.5: the cap binds
+    out = sub(_beam([0], score=1.5), torch.tensor([0, 1, 2, 3]), rewards, probs)
+    assert out.tolist() == pytest.approx([0.5, mean, -2.0, mean])
+    high = torch.tensor([3.0, -1024.0, 2.5, -1024.0])  # siblings above the parent: the parent's score
+    out = sub(_beam([0], score=1.5), torch.tensor([0, 1, 2, 3]), high, probs)
+    assert out.tolist() == pytest.approx([3.0, 1.5, 2.5, 1.5])
+    only_unseen = torch.tensor([-1024.0, -1024.0])  # no seen sibling to read: the parent's score
+    out = sub(_beam([0], score=1.5), torch.tensor([1, 3]), only_unseen, torch.tensor([0.5, 0.5]))
+    assert out.tolist() == pytest.approx([1.5, 1.5])
 
 
 def test_stop_criteria(tiny):
