@@ -33,6 +33,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "unseen-unsafe-threshold-0": {"unseen_from_parent": False, "safe_threshold": 0.0},
     "siblings-cap": {"unseen_siblings_cap": True},
     "unsafe-logprob-4": {"unsafe_logprob_weight": 4.0},
+    "siblings-cap-unsafe-logprob-4": {"unseen_siblings_cap": True, "unsafe_logprob_weight": 4.0},
+    "siblings-cap-unsafe-logprob-10": {"unseen_siblings_cap": True, "unsafe_logprob_weight": 10.0},
 }
 """Named settings of Saffron's exploration, each what it changes from ChatSaffron's default search."""
 DEFAULT_VARIANTS = "default,threshold-1,threshold-0,unseen-unsafe,unseen-unsafe-threshold-0"
