@@ -38,6 +38,7 @@ QUALITY_METHODS: dict[str, dict[str, Any]] = {
     "saffron_reward": {"method": "saffron", "objective": "reward"},
     "saffron_no_repeat_3": {"method": "saffron", "no_repeat_ngram_size": 3},
     "saffron_no_repeat_4": {"method": "saffron", "no_repeat_ngram_size": 4},
+    "saffron_capped": {"method": "saffron", "unseen_siblings_cap": True, "unsafe_logprob_weight": 4.0},
     "prm_beam": {"method": "prm_beam"},
     "prm_beam_reward": {"method": "prm_beam", "objective": "reward"},
 }
