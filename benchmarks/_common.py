@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,3 +47,14 @@ def report(args: argparse.Namespace, title: str, results: dict[str, Any]) -> Non
         if k != "machine":
             table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     Console().print(table)
+
+
+def prompts_by_id(path: Path, ids: str) -> dict[str, str]:
+    """The prompts of a JSONL (id, prompt) with the comma-separated ``ids``, in that order; exits naming
+    the missing ids and how to build the file."""
+    rows = {r["id"]: r["prompt"] for r in map(json.loads, path.read_text().splitlines()) if r}
+    wanted = ids.split(",")
+    missing = [i for i in wanted if i not in rows]
+    if missing:
+        raise SystemExit(f"--ids not in {path}: {', '.join(missing)} (build it with quality_set.py)")
+    return {i: rows[i] for i in wanted}

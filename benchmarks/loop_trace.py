@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import prompts_by_id
 
 from saffron_runtime.search.config import SearchConfig
 from saffron_runtime.search.engine import SearchEngine
@@ -65,15 +66,12 @@ def main() -> None:
     ap.add_argument("--settings", default="{}", help='JSON of SearchConfig overrides, e.g. \'{"unseen_siblings_cap": true}\'')
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
-    rows = {r["id"]: r["prompt"] for r in map(json.loads, a.prompts.read_text().splitlines())}
-    missing = [i for i in a.ids.split(",") if i not in rows]
-    if missing:
-        raise SystemExit(f"--ids not in {a.prompts}: {', '.join(missing)} (build it with quality_set.py)")
+    rows = prompts_by_id(a.prompts, a.ids)
     cfg = SearchConfig(method="saffron", budget=a.budget, max_new_tokens=a.max_new_tokens, max_commit_lag=None,
                        **json.loads(a.settings))
     engine = build_stack(StackOptions(policy="smollm2", mrm="bundled", monitor=None, methods=("saffron",))).engine
     report = {"settings": json.loads(a.settings), "budget": a.budget, "traces": {}}
-    for pid in a.ids.split(","):
+    for pid in rows:
         report["traces"][pid] = result = trace(engine, rows[pid], cfg)
         print(f"== {pid}: {result['text']!r}")
         for t, step in enumerate(result["steps"]):

@@ -18,6 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
+from _common import prompts_by_id
 from rich.console import Console
 from rich.table import Table
 
@@ -57,17 +58,12 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
-    rows = {r["id"]: r["prompt"] for r in map(json.loads, a.prompts.read_text().splitlines())}
-    missing = [i for i in a.ids.split(",") if i not in rows]
-    if missing:
-        raise SystemExit(
-            f"--ids not in {a.prompts}: {', '.join(missing)} (build it with quality_set.py)"
-        )
+    rows = prompts_by_id(a.prompts, a.ids)
     engine = build_stack(
         StackOptions(policy="smollm2", mrm="bundled", monitor=None, methods=("saffron",))
     ).engine
     results = []
-    for pid in a.ids.split(","):
+    for pid in rows:
         ids = engine.chat_prompt_ids(rows[pid])
         for name in names:
             cfg = SearchConfig(
