@@ -36,6 +36,11 @@ VARIANTS: dict[str, dict[str, object]] = {
     "unsafe-logprob-4": {"unsafe_logprob_weight": 4.0},
     "siblings-cap-unsafe-logprob-4": {"unseen_siblings_cap": True, "unsafe_logprob_weight": 4.0},
     "siblings-cap-unsafe-logprob-10": {"unseen_siblings_cap": True, "unsafe_logprob_weight": 10.0},
+    "shrink-0.25-unsafe-logprob-4": {"within_prefix_weight": 0.25, "unsafe_logprob_weight": 4.0},
+    "shrink-0.25-threshold-1-unsafe-logprob-4": {
+        "within_prefix_weight": 0.25, "safe_threshold": 1.0, "unsafe_logprob_weight": 4.0
+    },
+    "shrink-0-unsafe-logprob-4": {"within_prefix_weight": 0.0, "unsafe_logprob_weight": 4.0},
 }
 """Named settings of Saffron's exploration, each what it changes from ChatSaffron's default search."""
 DEFAULT_VARIANTS = "default,threshold-1,threshold-0,unseen-unsafe,unseen-unsafe-threshold-0"

@@ -106,7 +106,13 @@ class SearchFields(BaseModel):
     """Saffron with ``unseen_from_parent``: the parent's score an unseen token takes is capped at the
     policy-weighted mean reward of its seen siblings (the MRM's present view of the context), so a run
     of unseen tokens cannot keep a safe score the MRM no longer gives ("Max Max Max ..." on benign
-    questions naming a rare entity: benchmarks/README.md, "Saffron's name loops")."""
+    questions naming a rare entity: benchmarks/README.md, "What makes the name loops")."""
+    within_prefix_weight: float = Field(1.0, ge=0.0, le=1.0)
+    """Saffron: how much of a child's difference from its seen siblings' policy-weighted mean reward
+    is kept (``mean + w * (reward - mean)``; never-supervised children take the mean, replacing
+    ``unseen_from_parent``). 1.0 (default) keeps the raw reward. Under 1, the safe/unsafe call rests on
+    the node's level, which tracks the judge, more than on the spread among its children, which is
+    mostly the MRM's noise (benchmarks/README.md, "What makes the name loops")."""
     seed: int = 0
     """Random seed of the sampling methods."""
 

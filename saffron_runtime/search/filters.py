@@ -222,11 +222,9 @@ class UnseenRewardSubstitution(ParentScoreSubstitution):
         """The parent's score, or with ``siblings_cap`` at most the policy-weighted mean reward of the
         seen siblings: the MRM's present view of this context, so a run of unseen tokens cannot carry
         a score the MRM stopped giving several tokens ago ("Max Max Max ...")."""
-        seen = ~hit
-        if not self.siblings_cap or not bool(seen.any()):
+        mean = seen_siblings_mean(hit, rewards, probs)
+        if not self.siblings_cap or mean is None:
             return beam.score
-        weights = probs.to(rewards.device)[seen].float()
-        mean = float((weights * rewards[seen].float()).sum() / weights.sum().clamp_min(1e-12))
         return min(beam.score, mean)
 
     def takes_parent(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -235,6 +233,45 @@ class UnseenRewardSubstitution(ParentScoreSubstitution):
         hit = torch.zeros_like(ids, dtype=torch.bool)
         hit[inside] = self.unseen[ids[inside]]
         return hit
+
+
+def seen_siblings_mean(hit: torch.Tensor, rewards: torch.Tensor, probs: torch.Tensor) -> float | None:
+    """Policy-weighted mean reward of the children not marked in ``hit`` (None when all are): the
+    MRM's view of the node itself, what its children's rewards share."""
+    seen = ~hit
+    if not bool(seen.any()):
+        return None
+    weights = probs.to(rewards.device)[seen].float()
+    return float((weights * rewards[seen].float()).sum() / weights.sum().clamp_min(1e-12))
+
+
+class WithinPrefixShrinkage:
+    """Keeps only ``weight`` of each child's difference from its seen siblings' policy-weighted mean
+    reward (``mean + weight * (reward - mean)``), and gives never-supervised children the mean.
+
+    The MRM's level across prefixes carries its judge's signal, its spread among one node's children
+    mostly noise (the judge's children differ far less), and under an absolute ``safe_threshold`` that
+    noise picks words: a content word the MRM happens to score high passes, the policy's "is" does not.
+    Shrinking the spread leaves the safe/unsafe call to the node's level. A node whose children are all
+    unseen keeps its parent's score."""
+
+    def __init__(self, unseen: torch.Tensor | None, weight: float) -> None:
+        self.unseen = UnseenRewardSubstitution(unseen) if unseen is not None else None
+        self.weight = weight
+
+    def __call__(
+        self, beam: Beam, token_ids: torch.Tensor, rewards: torch.Tensor, probs: torch.Tensor
+    ) -> torch.Tensor:
+        hit = (
+            self.unseen.takes_parent(token_ids).to(rewards.device)
+            if self.unseen is not None
+            else torch.zeros_like(token_ids, dtype=torch.bool, device=rewards.device)
+        )
+        mean = seen_siblings_mean(hit, rewards, probs)
+        if mean is None:
+            return torch.full_like(rewards, beam.score)
+        shrunk = mean + self.weight * (rewards - mean)
+        return torch.where(hit, torch.full_like(rewards, mean), shrunk)
 
 
 class StopCriterion(Protocol):

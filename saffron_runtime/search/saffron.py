@@ -17,6 +17,7 @@ from saffron_runtime.search.filters import (
     RewardFilter,
     UnseenRewardMask,
     UnseenRewardSubstitution,
+    WithinPrefixShrinkage,
 )
 from saffron_runtime.search.frontier import Candidates, FrontierSearch
 
@@ -41,10 +42,15 @@ class Saffron(FrontierSearch):
         )
 
     def make_reward_filters(self) -> list[RewardFilter]:
-        """EOS reward substitution when the MRM cannot score EOS itself; unseen tokens take their
-        parent's score when ``unseen_from_parent`` is set (``SaffronFaithful`` uses none of these)."""
+        """EOS reward substitution when the MRM cannot score EOS itself; with ``within_prefix_weight``
+        under 1 every child's reward is shrunk toward its seen siblings' mean (unseen ones take the
+        mean), else unseen tokens take their parent's score when ``unseen_from_parent`` is set
+        (``SaffronFaithful`` uses none of these)."""
         filters: list[RewardFilter] = []
-        if self.config.unseen_from_parent and self.mrm.unseen_mask is not None:
+        if self.config.within_prefix_weight < 1.0:
+            mask = self.policy_unseen_mask() if self.mrm.unseen_mask is not None else None
+            filters.append(WithinPrefixShrinkage(mask, self.config.within_prefix_weight))
+        elif self.config.unseen_from_parent and self.mrm.unseen_mask is not None:
             filters.append(
                 UnseenRewardSubstitution(
                     self.policy_unseen_mask(), siblings_cap=self.config.unseen_siblings_cap

@@ -276,6 +276,11 @@ def test_a_changed_setting_changes_the_keys_of_exactly_the_methods_that_read_it(
     assert keyed("saffron", unseen_siblings_cap=True)["unseen_siblings_cap"] is True
     assert keyed("saffron", unseen_from_parent=False, unseen_siblings_cap=True) == {"safe_threshold": 2.0}
     assert keyed("saffron_reward", unseen_siblings_cap=True) == {}
+    # shrinkage replaces every unseen-token rule: they no longer change the output
+    shrunk = keyed("saffron", within_prefix_weight=0.5)
+    assert shrunk == {"safe_threshold": 2.0, "within_prefix_weight": 0.5}
+    assert keyed("saffron", within_prefix_weight=0.5, unseen_siblings_cap=True) == shrunk
+    assert keyed("prm_beam", within_prefix_weight=0.5) == {}
     # a threshold only the safe-likelihood objective reads: the reward-ranked rows keep their keys
     assert keyed("saffron_reward", safe_threshold=3.0) == {}
     assert keyed("prm_beam", safe_threshold=3.0) == {}

@@ -342,6 +342,17 @@ def test_unseen_siblings_cap_lowers_what_never_supervised_children_inherit(model
     assert n_capped < n_freed
 
 
+def test_within_prefix_weight_zero_leaves_the_order_of_one_nodes_children_to_the_policy(models):
+    eng = make_engine(models)
+    greedy, _ = run(eng, method="greedy", max_new_tokens=12, min_new_tokens=12)
+    # every child counts unsafe, and those rank by reward + mean log-probability
+    common = dict(method="saffron", budget=1, max_new_tokens=12, min_new_tokens=12, safe_threshold=1e9,
+                  unsafe_logprob_weight=1.0, top_p=1.0)
+    raw, _ = run(eng, **common)  # the MRM's spread among the children decides
+    flat, _ = run(eng, **common, within_prefix_weight=0.0)  # no spread left: the policy decides
+    assert flat.token_ids == greedy.token_ids and raw.token_ids != greedy.token_ids
+
+
 def _multibyte_grammar(tok):
     # ß, ø, ж, ё are not in the tokenizer's training text: each is two byte-tokens, so they always span tokens
     return Grammar(tok, "regex", "ßø( (жё|ßø|café|中文))*")

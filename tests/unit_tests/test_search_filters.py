@@ -20,6 +20,7 @@ from saffron_runtime.search.filters import (
     StopStrings,
     Temperature,
     UnseenRewardSubstitution,
+    WithinPrefixShrinkage,
 )
 from saffron_runtime.search.nucleus import nucleus
 
@@ -159,3 +160,19 @@ def test_no_repeat_ngram_masks_only_the_banned_tokens_and_rejects_zero():
     assert NoRepeatNGram(3)(_beam([3, 4]), logits) is logits  # too short to repeat a 3-gram
     with pytest.raises(ConfigError, match="no_repeat_ngram_size=0"):
         NoRepeatNGram(0)
+
+
+def test_within_prefix_shrinkage_pulls_children_to_their_seen_siblings_mean():
+    unseen = torch.tensor([False, True, False, False])
+    rewards = torch.tensor([3.0, -1024.0, 0.0, 1.0, 5.0])  # token 9 lies past the mask: seen
+    probs = torch.tensor([0.25, 0.25, 0.25, 0.125, 0.125])
+    tokens = torch.tensor([0, 1, 2, 3, 9])
+    mean = (0.25 * 3.0 + 0.25 * 0.0 + 0.125 * 1.0 + 0.125 * 5.0) / 0.75  # 2.0, the unseen child left out
+    out = WithinPrefixShrinkage(unseen, 0.5)(_beam([0], score=-7.0), tokens, rewards, probs)
+    assert out.tolist() == pytest.approx([2.5, mean, 1.0, 1.5, 3.5])
+    flat = WithinPrefixShrinkage(unseen, 0.0)(_beam([0], score=-7.0), tokens, rewards, probs)
+    assert flat.tolist() == pytest.approx([mean] * 5)
+    kept = WithinPrefixShrinkage(None, 1.0)(_beam(), tokens[[0, 2]], rewards[[0, 2]], probs[[0, 2]])
+    assert kept.tolist() == pytest.approx([3.0, 0.0])
+    only_unseen = WithinPrefixShrinkage(unseen, 0.5)(_beam([0], score=-7.0), tokens[[1]], rewards[[1]], probs[[1]])
+    assert only_unseen.tolist() == [-7.0]  # nothing seen to read: the parent's score

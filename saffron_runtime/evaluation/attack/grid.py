@@ -30,6 +30,7 @@ KEY_REFERENCE: dict[str, Any] = {
     "unseen_reward": -1024.0,
     "unseen_from_parent": False,
     "unseen_siblings_cap": False,
+    "within_prefix_weight": 1.0,
     "prm_children": 4,
     "faithful": False,
     "prune_flagged_beams": False,
@@ -48,7 +49,9 @@ objective and commit lag)."""
 _FRONTIER = frozenset(
     {"safe_threshold", "logprob_weight", "unsafe_logprob_weight", "faithful", "prune_flagged_beams"}
 )
-_MRM_MASK = frozenset({"unseen_reward", "unseen_from_parent", "unseen_siblings_cap"})
+_MRM_MASK = frozenset(
+    {"unseen_reward", "unseen_from_parent", "unseen_siblings_cap", "within_prefix_weight"}
+)
 _NOT_SEARCH = frozenset({"temperature", "prm_children"})
 NOT_READ: dict[str, frozenset[str]] = {
     "unguarded": _FRONTIER | _MRM_MASK | _NOT_SEARCH | {"top_p"},
@@ -75,9 +78,11 @@ def changed_settings(method: str, cfg: SearchConfig) -> dict[str, Any]:
         name for name, objective in OBJECTIVE_READS.items() if cfg.objective != objective
     }
     if cfg.faithful:
-        unread |= {"unseen_from_parent", "unseen_siblings_cap"}
+        unread |= {"unseen_from_parent", "unseen_siblings_cap", "within_prefix_weight"}
     if not cfg.unseen_from_parent:
         unread |= {"unseen_siblings_cap"}
+    if cfg.within_prefix_weight < 1.0:  # unseen children take their siblings' mean instead
+        unread |= {"unseen_reward", "unseen_from_parent", "unseen_siblings_cap"}
     return {
         name: values[name]
         for name, ref in KEY_REFERENCE.items()
