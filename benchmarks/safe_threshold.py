@@ -70,6 +70,9 @@ def main() -> None:
     ap.add_argument("--siblings-cap", action="store_true",
                     help="with --unseen-from-parent: SearchConfig.unseen_siblings_cap (inherit at most the seen "
                          "siblings' mean reward)")
+    ap.add_argument("--within-prefix-weight", type=float, default=1.0,
+                    help="SearchConfig.within_prefix_weight (1.0: off; under 1 each child's reward is shrunk "
+                         "toward its seen siblings' mean)")
     ap.add_argument("--repetition-penalty", type=float, default=1.0,
                     help="SearchConfig.repetition_penalty (1.0: off, the default)")
     ap.add_argument("--unsafe-logprob-weight", type=float, default=0.0,
@@ -92,14 +95,17 @@ def main() -> None:
                               "repetition_penalty": a.repetition_penalty,
                               "unsafe_logprob_weight": a.unsafe_logprob_weight,
                               "unseen_siblings_cap": a.siblings_cap,
+                              "within_prefix_weight": a.within_prefix_weight,
                               "benign": a.benign, "learned_theta": theta, "thresholds": {}}
     fields: dict[str, Any] = {"method": "saffron", "budget": a.budget, "max_new_tokens": a.max_new_tokens,
                               "unseen_from_parent": a.unseen_from_parent,
                               "repetition_penalty": a.repetition_penalty,
                               "unsafe_logprob_weight": a.unsafe_logprob_weight,
-                              "unseen_siblings_cap": a.siblings_cap}
+                              "unseen_siblings_cap": a.siblings_cap,
+                              "within_prefix_weight": a.within_prefix_weight}
     suffix = "|unseen=parent" if a.unseen_from_parent else ""
     suffix += "|siblings_cap" if a.siblings_cap else ""
+    suffix += f"|shrink={a.within_prefix_weight}" if a.within_prefix_weight != 1.0 else ""
     suffix += f"|rep={a.repetition_penalty}" if a.repetition_penalty != 1.0 else ""
     suffix += f"|unsafe_lp={a.unsafe_logprob_weight}" if a.unsafe_logprob_weight else ""
     if a.unseen_reward is not None:
@@ -126,6 +132,7 @@ def main() -> None:
     unseen = "" if a.unseen_reward is None else f", unseen_reward {a.unseen_reward}"
     unseen += ", unseen tokens take the parent's reward" if a.unseen_from_parent else ""
     unseen += ", capped at the seen siblings' mean" if a.siblings_cap else ""
+    unseen += f", within_prefix_weight {a.within_prefix_weight}" if a.within_prefix_weight != 1.0 else ""
     unseen += f", repetition_penalty {a.repetition_penalty}" if a.repetition_penalty != 1.0 else ""
     unseen += f", unsafe_logprob_weight {a.unsafe_logprob_weight}" if a.unsafe_logprob_weight else ""
     table = Table(title=f"Saffron budget {a.budget}{unseen}: safe_threshold on validation prompts")
