@@ -112,9 +112,9 @@ mrm-children: policy-rollouts
 	  --mrm $(RUNS)/mrm-children/mrm-rank --judge-monitor $(MRM_JUDGE) --judge-ema 0.3 --prefixes 200 --top-p 0.8 \
 	  --subset $$subset --json; done
 
-# The heads monitor trained on the policy's own rollouts too (not yet the shipped one: its training was started
-# and not finished on the shared machine). The rollouts are those of `make mrm-children` plus 200 benign
-# training answers; `saffron data policy-labels` labels them (harmful request x not-refusal, the refusal judge
+# The heads monitor trained on the policy's own rollouts too (measured, not shipped: benchmarks/README.md, "The
+# monitor on the policy's own continuations"; PM_EPOCHS=3 took 2 h 4 min from a fresh machine). The rollouts are
+# those of `make policy-rollouts` plus 200 benign training answers; `saffron data policy-labels` labels them (harmful request x not-refusal, the refusal judge
 # trained on the PyRIT refusal labels only, disjoint from the request judge's data), then the policy-rollout
 # test rows measure the stop rate on the policy's own continuations of held-out prompts.
 PM := $(RUNS)/policy-monitor
