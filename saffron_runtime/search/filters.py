@@ -222,17 +222,22 @@ class UnseenRewardSubstitution(ParentScoreSubstitution):
         """The parent's score, or with ``siblings_cap`` at most the policy-weighted mean reward of the
         seen siblings: the MRM's present view of this context, so a run of unseen tokens cannot carry
         a score the MRM stopped giving several tokens ago ("Max Max Max ...")."""
-        mean = seen_siblings_mean(hit, rewards, probs)
-        if not self.siblings_cap or mean is None:
+        if not self.siblings_cap:  # the common case: no mean to compute on the token loop
             return beam.score
-        return min(beam.score, mean)
+        mean = seen_siblings_mean(hit, rewards, probs)
+        return beam.score if mean is None else min(beam.score, mean)
 
     def takes_parent(self, token_ids: torch.Tensor) -> torch.Tensor:
-        ids = token_ids.to(self.unseen.device)
-        inside = ids < self.unseen.shape[0]
-        hit = torch.zeros_like(ids, dtype=torch.bool)
-        hit[inside] = self.unseen[ids[inside]]
-        return hit
+        return unseen_children(self.unseen, token_ids)
+
+
+def unseen_children(unseen: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Bool ``[n]``: which children the MRM never saw supervised (ids past the mask count as seen)."""
+    ids = token_ids.to(unseen.device)
+    inside = ids < unseen.shape[0]
+    hit = torch.zeros_like(ids, dtype=torch.bool)
+    hit[inside] = unseen[ids[inside]]
+    return hit
 
 
 def seen_siblings_mean(hit: torch.Tensor, rewards: torch.Tensor, probs: torch.Tensor) -> float | None:
@@ -256,14 +261,14 @@ class WithinPrefixShrinkage:
     unseen keeps its parent's score."""
 
     def __init__(self, unseen: torch.Tensor | None, weight: float) -> None:
-        self.unseen = UnseenRewardSubstitution(unseen) if unseen is not None else None
+        self.unseen = unseen  # [policy vocab] bool, True = never supervised; None: all seen
         self.weight = weight
 
     def __call__(
         self, beam: Beam, token_ids: torch.Tensor, rewards: torch.Tensor, probs: torch.Tensor
     ) -> torch.Tensor:
         hit = (
-            self.unseen.takes_parent(token_ids).to(rewards.device)
+            unseen_children(self.unseen, token_ids).to(rewards.device)
             if self.unseen is not None
             else torch.zeros_like(token_ids, dtype=torch.bool, device=rewards.device)
         )
