@@ -35,10 +35,28 @@ QUALITY_METHODS: dict[str, dict[str, Any]] = {
     "best_of_1": {"method": "best_of_n", "num_samples": 1, "temperature": 1.0, "top_p": 0.8},
     "best_of_8": {"method": "best_of_n", "num_samples": 8, "temperature": 1.0, "top_p": 0.8},
     "saffron": {"method": "saffron"},
-    "saffron_reward": {"method": "saffron", "objective": "reward"},
+    "saffron_reward": {"method": "saffron", "objective": "reward", "within_prefix_weight": 1.0},
     "saffron_no_repeat_3": {"method": "saffron", "no_repeat_ngram_size": 3},
     "saffron_no_repeat_4": {"method": "saffron", "no_repeat_ngram_size": 4},
-    "saffron_capped": {"method": "saffron", "unseen_siblings_cap": True, "unsafe_logprob_weight": 4.0},
+    "saffron_unshrunk": {"method": "saffron", "within_prefix_weight": 1.0, "unsafe_logprob_weight": 0.0},  # the former default
+    "saffron_capped": {
+        "method": "saffron",
+        "within_prefix_weight": 1.0,
+        "unseen_siblings_cap": True,
+        "unsafe_logprob_weight": 4.0,
+    },
+    "saffron_shrink_t1": {
+        "method": "saffron",
+        "within_prefix_weight": 0.25,
+        "unsafe_logprob_weight": 4.0,
+        "safe_threshold": 1.0,
+    },
+    "saffron_shrink_t2": {
+        "method": "saffron",
+        "within_prefix_weight": 0.25,
+        "unsafe_logprob_weight": 4.0,
+        "safe_threshold": 2.0,
+    },
     "prm_beam": {"method": "prm_beam"},
     "prm_beam_reward": {"method": "prm_beam", "objective": "reward"},
 }
