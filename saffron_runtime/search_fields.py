@@ -66,11 +66,12 @@ class SearchFields(BaseModel):
     0.0 with conservative exploration (benchmarks/README.md, "On 132 validation prompts")."""
     logprob_weight: float = Field(1.0, ge=0.0, le=1000.0)
     """Weight of the mean log-probability in ``reward_plus_logprob``."""
-    unsafe_logprob_weight: float = Field(0.0, ge=0.0, le=1000.0)
+    unsafe_logprob_weight: float = Field(4.0, ge=0.0, le=1000.0)
     """``safe_likelihood``: children predicted unsafe rank by reward + this x mean log-probability
     instead of reward alone, so where every child falls under ``safe_threshold`` the policy still has a
-    say (the reward alone there is the paper's ranking, which drifts into word salad). 0 (default):
-    reward alone, as measured in the published evaluation."""
+    say (the reward alone there is the paper's ranking, which drifts into word salad). 4 (default): the
+    mean divides a child's own log-probability by the answer's length, so useful weights are several
+    units; 0 ranks those children by reward alone."""
     no_repeat_ngram_size: int = Field(0, ge=0, le=64)
     """Ban every token that would repeat an n-gram of this many tokens already in the response (Hugging
     Face's setting of the same name; every method). 0 (default) bans nothing; a beam search over a
@@ -101,18 +102,21 @@ class SearchFields(BaseModel):
     exploration (``False``, and always under ``faithful=True``) counts such tokens unsafe, and with the
     bundled MRM, which saw 17% of the vocabulary supervised, that turns benign answers naming a rare
     entity into refusals (benchmarks/README.md, "Saffron's over-refusal"); the higher
-    ``safe_threshold`` takes back the safety it would cost."""
+    ``safe_threshold`` takes back the safety it would cost. Read only with ``within_prefix_weight=1``
+    (the default shrinkage gives unseen children their seen siblings' mean)."""
     unseen_siblings_cap: bool = False
     """Saffron with ``unseen_from_parent``: the parent's score an unseen token takes is capped at the
     policy-weighted mean reward of its seen siblings (the MRM's present view of the context), so a run
     of unseen tokens cannot keep a safe score the MRM no longer gives ("Max Max Max ..." on benign
     questions naming a rare entity: benchmarks/README.md, "What makes the name loops")."""
-    within_prefix_weight: float = Field(1.0, ge=0.0, le=1.0)
+    within_prefix_weight: float = Field(0.25, ge=0.0, le=1.0)
     """Saffron: how much of a child's difference from its seen siblings' policy-weighted mean reward
     is kept (``mean + w * (reward - mean)``; never-supervised children take the mean, replacing
-    ``unseen_from_parent``). 1.0 (default) keeps the raw reward. Under 1, the safe/unsafe call rests on
-    the node's level, which tracks the judge, more than on the spread among its children, which is
-    mostly the MRM's noise (benchmarks/README.md, "What makes the name loops")."""
+    ``unseen_from_parent``). Under 1 the safe/unsafe call rests on the node's level, which tracks the
+    judge, more than on the spread among its children, which is mostly the MRM's noise (within-prefix
+    Spearman 0.02). 0.25 (default), chosen on validation and benign prompts: name loops on benign
+    questions 11 -> 6 of 135 at the same attack success (benchmarks/README.md, "On 132 validation
+    prompts"); 1.0 keeps the raw reward (``faithful=True`` always does)."""
     seed: int = 0
     """Random seed of the sampling methods."""
 

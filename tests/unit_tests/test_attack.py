@@ -258,7 +258,11 @@ def test_every_search_setting_is_either_keyed_or_has_a_reference_value():
     for method in METHODS:  # the published grid runs at the reference values: its keys are unchanged
         changed = changed_settings(method, MethodSpec(method, 8).search_config(50, 0))
         if method == "saffron":  # ChatSaffron's default, whose defaults moved since the first run
-            assert changed == {"safe_threshold": 2.0, "unseen_from_parent": True}
+            assert changed == {
+                "safe_threshold": 2.0,
+                "unsafe_logprob_weight": 4.0,
+                "within_prefix_weight": 0.25,
+            }
         else:
             assert changed == {}
 
@@ -268,18 +272,25 @@ def test_a_changed_setting_changes_the_keys_of_exactly_the_methods_that_read_it(
         cfg = MethodSpec(method, 8).search_config(50, 0).model_copy(update=changes)
         return changed_settings(method, cfg)
 
-    assert keyed("saffron", unseen_from_parent=False) == {"safe_threshold": 2.0}
+    default = keyed("saffron")
+    objective = {"safe_threshold": 2.0, "unsafe_logprob_weight": 4.0}
+    # under the default shrinkage unseen children take their siblings' mean: no unseen rule is read
+    assert keyed("saffron", unseen_from_parent=False) == default
+    assert keyed("saffron", unseen_siblings_cap=True) == default
+    raw = keyed("saffron", within_prefix_weight=1.0)
+    assert raw == {**objective, "unseen_from_parent": True}
+    assert keyed("saffron", within_prefix_weight=1.0, unseen_from_parent=False) == objective
     assert keyed("saffron_reward", unseen_from_parent=True) == {"unseen_from_parent": True}
     assert keyed("prm_beam", unseen_from_parent=True) == {}  # prm_beam never reads the MRM's mask
     assert keyed("saffron_reward", unseen_from_parent=True, faithful=True) == {"faithful": True}
     # the siblings cap only refines the parent's-reward rule: read only where that rule is on
-    assert keyed("saffron", unseen_siblings_cap=True)["unseen_siblings_cap"] is True
-    assert keyed("saffron", unseen_from_parent=False, unseen_siblings_cap=True) == {"safe_threshold": 2.0}
+    capped = keyed("saffron", within_prefix_weight=1.0, unseen_siblings_cap=True)
+    assert capped == {**raw, "unseen_siblings_cap": True}
+    assert keyed("saffron", within_prefix_weight=1.0, unseen_from_parent=False, unseen_siblings_cap=True) == objective
     assert keyed("saffron_reward", unseen_siblings_cap=True) == {}
-    # shrinkage replaces every unseen-token rule: they no longer change the output
-    shrunk = keyed("saffron", within_prefix_weight=0.5)
-    assert shrunk == {"safe_threshold": 2.0, "within_prefix_weight": 0.5}
-    assert keyed("saffron", within_prefix_weight=0.5, unseen_siblings_cap=True) == shrunk
+    # the paper's ranking keeps raw rewards; a shrinkage there is keyed, and never for prm_beam
+    assert keyed("saffron_reward", within_prefix_weight=0.5) == {"within_prefix_weight": 0.5}
+    assert keyed("saffron", within_prefix_weight=0.5) == {**objective, "within_prefix_weight": 0.5}
     assert keyed("prm_beam", within_prefix_weight=0.5) == {}
     # a threshold only the safe-likelihood objective reads: the reward-ranked rows keep their keys
     assert keyed("saffron_reward", safe_threshold=3.0) == {}

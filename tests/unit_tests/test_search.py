@@ -48,6 +48,10 @@ def make_engine(models, *, eos_bias: float | None = None, unseen_every: int = 5,
     return SearchEngine(LoadedModel(policy_model, tok, "tiny"), mrm, prm)
 
 
+RAW = {"within_prefix_weight": 1.0}
+"""The MRM's raw rewards: the tests of the rules that read them (the default shrinks them)."""
+
+
 def run(engine: SearchEngine, **cfg):
     ids = engine.chat_prompt_ids(PROMPT)
     stream = engine.stream(ids, SearchConfig(**cfg), prompt_text=PROMPT)
@@ -156,7 +160,7 @@ def test_saffron_keeps_global_top_budget_by_reward_and_masks_unseen(models, monk
     steps = _record_saffron_steps(monkeypatch)
     budget, top_p = 4, 0.8
     r, _ = run(eng, method="saffron", budget=budget, max_new_tokens=6, top_p=top_p, objective="reward",
-               unseen_from_parent=False)  # the paper's conservative exploration: unseen tokens lose
+               unseen_from_parent=False, **RAW)  # the paper's conservative exploration: unseen tokens lose
     prompt_ids = eng.chat_prompt_ids(PROMPT)
     assert len(steps) >= 3 and any(len(ranked) > 1 for ranked, _ in steps)
     for ranked, kept in steps:
@@ -207,7 +211,7 @@ def test_safe_likelihood_ranks_safe_children_by_the_policy_and_the_rest_by_rewar
     budget = 3
     r, _ = run(eng, method="saffron", budget=budget, max_new_tokens=5, min_new_tokens=6,
                objective="safe_likelihood", safe_threshold=threshold, unseen_from_parent=False,
-               unsafe_logprob_weight=unsafe_weight)
+               unsafe_logprob_weight=unsafe_weight, **RAW)
     assert len(steps) >= 3
     mixed = 0
     for ranked, kept in steps:
@@ -323,19 +327,19 @@ def test_repetition_penalty_must_be_positive():
 def test_unseen_from_parent_lets_saffron_pick_a_never_supervised_child(models):
     eng = make_engine(models, unseen_every=2)  # every other token unseen
     unseen = eng.mrm.unseen_mask
-    common = dict(method="saffron", budget=2, max_new_tokens=8, min_new_tokens=8, objective="reward")
+    common = dict(method="saffron", budget=2, max_new_tokens=8, min_new_tokens=8, objective="reward", **RAW)
     plain, _ = run(eng, **common, unseen_from_parent=False)
     assert not any(bool(unseen[t]) for t in plain.token_ids)
     faithful, _ = run(eng, **common, unseen_from_parent=True, faithful=True)  # the paper's exploration
     assert not any(bool(unseen[t]) for t in faithful.token_ids)
-    freed, _ = run(eng, **common)  # the default: unseen tokens take the parent's reward
+    freed, _ = run(eng, **common)  # the default with raw rewards: unseen tokens take the parent's reward
     assert any(bool(unseen[t]) for t in freed.token_ids)
 
 
 def test_unseen_siblings_cap_lowers_what_never_supervised_children_inherit(models):
     eng = make_engine(models, unseen_every=2)
     unseen = eng.mrm.unseen_mask
-    common = dict(method="saffron", budget=2, max_new_tokens=12, min_new_tokens=12, objective="reward")
+    common = dict(method="saffron", budget=2, max_new_tokens=12, min_new_tokens=12, objective="reward", **RAW)
     freed, _ = run(eng, **common)
     capped, _ = run(eng, **common, unseen_siblings_cap=True)  # inherit at most the seen siblings' mean
     n_freed, n_capped = (sum(bool(unseen[t]) for t in r.token_ids) for r in (freed, capped))

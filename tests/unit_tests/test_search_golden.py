@@ -140,8 +140,15 @@ def observe(tiny: Any, name: str) -> dict[str, Any]:
     case names another objective: these values predate the policy-anchored objectives)."""
     eng_kw, cfg_kw, stream_kw = CASES[name]
     # the settings the pins were recorded with (the defaults then): the reward ranking, no commit lag,
-    # conservative exploration
-    cfg_kw = {"objective": "reward", "max_commit_lag": None, "unseen_from_parent": False, **cfg_kw}
+    # conservative exploration, raw rewards, reward alone among children predicted unsafe
+    cfg_kw = {
+        "objective": "reward",
+        "max_commit_lag": None,
+        "unseen_from_parent": False,
+        "within_prefix_weight": 1.0,
+        "unsafe_logprob_weight": 0.0,
+        **cfg_kw,
+    }
     eng = _engine(tiny, **eng_kw)
     eng.reset_caches()
     kw = dict(stream_kw)

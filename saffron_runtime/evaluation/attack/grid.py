@@ -131,7 +131,7 @@ class MethodSpec:
             return SearchConfig(
                 method="saffron", budget=self.budget, max_new_tokens=max_new_tokens, seed=seed
             )
-        return SearchConfig(  # the paper's reward ranking and conservative exploration, no pruning
+        return SearchConfig(  # the paper's reward ranking on raw rewards, conservative exploration, no pruning
             method="saffron" if self.method == "saffron_reward" else self.method,  # type: ignore[arg-type]
             budget=self.budget,
             max_new_tokens=max_new_tokens,
@@ -139,6 +139,7 @@ class MethodSpec:
             objective="reward",
             max_commit_lag=None,
             unseen_from_parent=False,
+            within_prefix_weight=1.0,
         )
 
 
