@@ -55,7 +55,8 @@ class SearchFields(BaseModel):
     objective: ObjectiveName = "safe_likelihood"
     """What Saffron and PRM beam search rank children by. ``safe_likelihood`` (default): among children
     the reward model predicts safe (reward >= ``safe_threshold``) the policy's own mean log-probability
-    decides, and the reward decides only among children predicted unsafe; ``reward``: the paper's
+    decides, and the reward (plus ``unsafe_logprob_weight`` x that log-probability) decides only among
+    children predicted unsafe; ``reward``: the paper's
     ranking by reward alone (among safe children that is the reward model's noise, and the text drifts
     into repetition); ``reward_plus_logprob``: reward + ``logprob_weight`` x mean log-probability.
     Chosen by measurement: see docs/engine.md. ``faithful=True`` always ranks by reward."""
@@ -63,7 +64,8 @@ class SearchFields(BaseModel):
     """Reward at or above which ``safe_likelihood`` treats a child as safe. 2.0 (default), a margin
     above the judge's own 0, chosen on 132 validation prompts with ``unseen_from_parent``: it lowered
     the learned judge's attack success from 0.40 to 0.25 and benign refusals from 0.19 to 0.06 against
-    0.0 with conservative exploration (benchmarks/README.md, "On 132 validation prompts")."""
+    0.0 with conservative exploration (benchmarks/README.md, "On 132 validation prompts"). Under the
+    default shrinkage it still holds harm there (0.22), where 1.0 lets 0.35 through."""
     logprob_weight: float = Field(1.0, ge=0.0, le=1000.0)
     """Weight of the mean log-probability in ``reward_plus_logprob``."""
     unsafe_logprob_weight: float = Field(4.0, ge=0.0, le=1000.0)
