@@ -38,7 +38,8 @@ QUALITY_METHODS: dict[str, dict[str, Any]] = {
     "saffron_reward": {"method": "saffron", "objective": "reward", "within_prefix_weight": 1.0},
     "saffron_no_repeat_3": {"method": "saffron", "no_repeat_ngram_size": 3},
     "saffron_no_repeat_4": {"method": "saffron", "no_repeat_ngram_size": 4},
-    "saffron_unshrunk": {"method": "saffron", "within_prefix_weight": 1.0, "unsafe_logprob_weight": 0.0},  # the former default
+    # the default until 2026-12-07: the MRM's raw rewards
+    "saffron_unshrunk": {"method": "saffron", "within_prefix_weight": 1.0, "unsafe_logprob_weight": 0.0},
     "saffron_capped": {
         "method": "saffron",
         "within_prefix_weight": 1.0,
@@ -51,6 +52,7 @@ QUALITY_METHODS: dict[str, dict[str, Any]] = {
         "unsafe_logprob_weight": 4.0,
         "safe_threshold": 1.0,
     },
+    # today's default, spelled out so the published row's command does not move with the defaults
     "saffron_shrink_t2": {
         "method": "saffron",
         "within_prefix_weight": 0.25,
