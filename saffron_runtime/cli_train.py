@@ -116,6 +116,10 @@ def train_monitor_cmd(
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="Start from this saved monitor's weights (same variant and LoRA shape)."),
+    ] = None,
 ) -> None:
     """Train a streaming monitor with dual supervision; resumes from OUT/checkpoints.
 
@@ -141,6 +145,7 @@ def train_monitor_cmd(
         max_steps=max_steps,
         checkpoint_every=checkpoint_every,
         seed=seed,
+        init_from=init_from,
     )
     train_monitor(cfg)
     console.print(f"saved the monitor to {out}")

@@ -29,6 +29,7 @@ from saffron_runtime.training.lora import top_layers
 from saffron_runtime.training.model_card import write_model_card
 from saffron_runtime.training.rule_choice import choose_rule
 from saffron_runtime.training.safety_data import harm_start, token_labels
+from saffron_runtime.training.warm_start import warm_start
 
 
 class MonitorRecord(BaseModel):
@@ -76,6 +77,9 @@ class MonitorTrainConfig(Settings):
     checkpoint_every: int = Field(50, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
     licences: str = Field("", description="licences of the base model and data, for the model card")
+    init_from: Path | None = Field(
+        None, description="a saved monitor folder to start from (same variant and LoRA shape)"
+    )
 
 
 def logic_loss(c_resp: torch.Tensor, c_tok_max: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -308,6 +312,8 @@ def train_monitor(
     monitor = SCMMonitorModel(
         backbone, loaded.tokenizer, prompt_head=bool(prompts), backbone_ref=config.base
     )
+    if config.init_from is not None:
+        warm_start(monitor, backbone, config.init_from, lora=config.variant == "lora")
     tok = loaded.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     encoded = [(*_encode(monitor, r, config.max_response_tokens), r.label) for r in records]
@@ -374,6 +380,7 @@ def _save(
         "train_records": n_records,
         "wall_time_s": round(wall, 1),
         "seed": config.seed,
+        "init_from": str(config.init_from) if config.init_from else None,
     }
     save_monitor(monitor, config.out, backbone_ref=config.base)
     write_model_card(
@@ -386,7 +393,8 @@ def _save(
             "Backbone": config.base,
             "Variant": config.variant,
             "Training": f"{n_records} responses from `{config.data}`, {done.step} steps, loss weights token "
-            f"{config.w_token} / response {config.w_response} / logic {config.w_logic}.",
+            f"{config.w_token} / response {config.w_response} / logic {config.w_logic}"
+            + (f", started from `{config.init_from}`." if config.init_from else "."),
             "Decision rule": f"{monitor.rule.model_dump()} (chosen on `{config.val}`, macro F1 {val_f1})"
             if val_f1 is not None
             else f"{monitor.rule.model_dump()} (default; no validation split given)",

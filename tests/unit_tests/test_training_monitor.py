@@ -93,3 +93,44 @@ def test_max_steps_stops_early_and_top_layers_limits_lora(tmp_path, files, tiny)
     lora_layers = {name.split(".layers.")[1].split(".")[0] for name, m in mon.backbone.named_modules()
                    if isinstance(m, LoraLayer)}
     assert lora_layers == {str(n_layers - 1)}
+
+
+def _scores(mon, rows: list[dict]) -> list[float]:
+    """The response head's harmful probability on each row (the monitor's own scoring path)."""
+    out = []
+    for r in rows:
+        ids = mon.tokenizer(r["response"], add_special_tokens=False)["input_ids"]
+        _, s = mon.score(r["prompt"], ids)
+        out.append(float(s[-1]))
+    return out
+
+
+@pytest.mark.parametrize("variant", ["heads", "lora"])
+def test_init_from_continues_a_saved_monitor_instead_of_starting_fresh(tmp_path, files, variant):
+    first = MonitorTrainConfig(data=files["train"], prompt_data=files["prompts"], out=tmp_path / "first",
+                               base=str(files["base"]), variant=variant, lr=1e-2, epochs=12, batch_size=8)
+    trained = train_monitor(first, progress=False)
+    probe = _rows(6, 7)
+    # one step at a negligible learning rate: what the run holds is what it started from
+    tiny_step = {"base": str(files["base"]), "variant": variant, "lr": 1e-9, "max_steps": 1, "batch_size": 8,
+                 "prompt_data": files["prompts"], "data": files["train"]}
+    warm = train_monitor(MonitorTrainConfig(out=tmp_path / "warm", init_from=tmp_path / "first", **tiny_step),
+                         progress=False)
+    cold = train_monitor(MonitorTrainConfig(out=tmp_path / "cold", **tiny_step), progress=False)
+    assert _scores(warm, probe) == pytest.approx(_scores(trained, probe), abs=1e-4)
+    assert _scores(cold, probe) != pytest.approx(_scores(trained, probe), abs=1e-2)
+    assert load_monitor(tmp_path / "warm").metadata["init_from"] == str(tmp_path / "first")
+
+
+def test_init_from_refuses_a_monitor_of_another_variant_or_lora_shape(tmp_path, files):
+    from saffron_runtime.errors import ConfigError
+
+    common = {"data": files["train"], "base": str(files["base"]), "epochs": 1, "batch_size": 8, "max_steps": 1}
+    train_monitor(MonitorTrainConfig(out=tmp_path / "heads", **common), progress=False)
+    train_monitor(MonitorTrainConfig(out=tmp_path / "r8", variant="lora", lora_r=8, **common), progress=False)
+    with pytest.raises(ConfigError, match="--variant heads"):
+        train_monitor(MonitorTrainConfig(out=tmp_path / "x", variant="lora", init_from=tmp_path / "heads", **common),
+                      progress=False)
+    with pytest.raises(ConfigError, match="--lora-r"):
+        train_monitor(MonitorTrainConfig(out=tmp_path / "y", variant="lora", lora_r=4, init_from=tmp_path / "r8",
+                                         **common), progress=False)
