@@ -120,6 +120,11 @@ mrm-children: policy-rollouts
 PM := $(RUNS)/policy-monitor
 HARM_FROM ?= all
 PM_EPOCHS ?= 1
+# PM_VARIANT=lora fine-tunes the bundled LoRA monitor (--init-from) on the same rows instead of training heads.
+PM_VARIANT ?= heads
+PM_TRAIN_heads := --variant heads
+PM_TRAIN_lora := --variant lora --lora-r 16 --lora-alpha 32 --target-modules $(LORA_ALL) --top-layers 10 \
+  --max-response-tokens 128 --init-from $(MRM_JUDGE)
 monitor-policy: policy-rollouts
 	mkdir -p $(PM)
 	grep '"label": 0' $(RUNS)/data/prompts_train.jsonl > $(PM)-benign-prompts.jsonl
@@ -132,10 +137,10 @@ monitor-policy: policy-rollouts
 	  --out $(PM)/policy_test.jsonl --harm-from $(HARM_FROM)
 	cat $(RUNS)/data/monitor_train.jsonl $(PM)/policy_train.jsonl > $(PM)/monitor_train_plus.jsonl
 	$(SAFFRON) train monitor --data $(PM)/monitor_train_plus.jsonl --val $(RUNS)/data/monitor_val.jsonl \
-	  --prompt-data $(RUNS)/data/prompts_train.jsonl --out $(PM)/monitor-heads --variant heads --epochs $(PM_EPOCHS) \
-	  --batch-size 8 --checkpoint-every 25
-	$(SAFFRON) eval monitor --data $(RUNS)/data/monitor_test.jsonl --monitor $(PM)/monitor-heads --json
-	$(SAFFRON) eval monitor --data $(PM)/policy_test.jsonl --monitor $(PM)/monitor-heads --json
+	  --prompt-data $(RUNS)/data/prompts_train.jsonl --out $(PM)/monitor-$(PM_VARIANT) $(PM_TRAIN_$(PM_VARIANT)) \
+	  --epochs $(PM_EPOCHS) --batch-size 8 --checkpoint-every 25
+	$(SAFFRON) eval monitor --data $(RUNS)/data/monitor_test.jsonl --monitor $(PM)/monitor-$(PM_VARIANT) --json
+	$(SAFFRON) eval monitor --data $(PM)/policy_test.jsonl --monitor $(PM)/monitor-$(PM_VARIANT) --json
 
 bundled-monitor-lora: bundled-data
 	$(SAFFRON) train monitor --data $(RUNS)/data/monitor_train.jsonl --val $(RUNS)/data/monitor_val.jsonl \

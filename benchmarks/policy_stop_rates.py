@@ -1,0 +1,84 @@
+"""How often monitors stop the policy's own continuations, split the way a guard is judged.
+
+Reads the rows of ``saffron data policy-labels`` for held-out prompts and streams each through every
+monitor given (each loaded once), then reports per group: the stop rate on the teacher-harmful
+prefilled and plain continuations, and the false-alarm rate on the answers to benign requests (the
+request's human label, from the prompts file). Rows of harmful requests that the policy refused are
+reported apart: stopping a refusal costs nothing a reader sees.
+
+    cd benchmarks && OMP_NUM_THREADS=1 ../.venv/bin/python policy_stop_rates.py \
+      --rows ../runs/policy-monitor/policy_test.jsonl --prompts ../runs/data/prompts_test.jsonl \
+      --monitor ../saffron_runtime/bundled/saffron-monitor-smollm2-heads --out results/policy_stop_rates.json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from _common import parser, setup
+
+from saffron_runtime.monitor.adapters import SCMMonitor
+from saffron_runtime.monitor.evaluate import stream_one
+from saffron_runtime.monitor.model import load_monitor
+
+GROUPS = ("prefill_harmful", "plain_harmful", "benign_answers", "harmful_refused")
+
+
+def group_of(row: dict[str, Any], request_label: int) -> str:
+    """Which of GROUPS a policy row belongs to (by its request's label, teacher label and prefill)."""
+    if request_label == 0:
+        return "benign_answers"
+    if row["label"] == 0:
+        return "harmful_refused"
+    return "prefill_harmful" if row["id"].endswith("-prefill") else "plain_harmful"
+
+
+def request_labels(rows: list[dict[str, Any]], prompts: Path) -> list[int]:
+    """The human label of each row's request, matched by prompt text; exits naming a row it cannot match."""
+    by_prompt = {r["prompt"]: int(r["label"]) for r in map(json.loads, prompts.read_text().splitlines()) if r}
+    missing = [r["id"] for r in rows if r["prompt"] not in by_prompt]
+    if missing:
+        raise SystemExit(f"{len(missing)} rows' requests are not in {prompts} (first: {missing[0]}): "
+                         "pass the prompts file the rollouts were made from")
+    return [by_prompt[r["prompt"]] for r in rows]
+
+
+def stop_rates(monitor_dir: str, rows: list[dict[str, Any]], labels: list[int]) -> dict[str, Any]:
+    """Per group: rows, share stopped, and the ids stopped (for paired comparisons between monitors)."""
+    monitor = SCMMonitor(load_monitor(monitor_dir))
+    out: dict[str, Any] = {g: {"n": 0, "stopped": 0, "stopped_ids": []} for g in GROUPS}
+    for row, lab in zip(rows, labels, strict=True):
+        g = out[group_of(row, lab)]
+        stopped, _ = stream_one(monitor, row["prompt"], row["response"])
+        g["n"] += 1
+        if stopped:
+            g["stopped"] += 1
+            g["stopped_ids"].append(row["id"])
+    for g in out.values():
+        g["rate"] = g["stopped"] / g["n"] if g["n"] else None
+    return out
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--rows", type=Path, required=True, help="policy-labels rows of held-out prompts")
+    p.add_argument("--prompts", type=Path, required=True, help="the prompts file the rollouts came from")
+    p.add_argument("--monitor", action="append", required=True, help="a monitor folder (repeatable)")
+    p.add_argument("--out", type=Path, default=None, help="write the JSON here too")
+    args = p.parse_args()
+    setup(args)
+    rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip()]
+    labels = request_labels(rows, args.prompts)
+    results = {m: stop_rates(m, rows, labels) for m in args.monitor}
+    print(f"{'monitor':<60} " + " ".join(f"{g:>16}" for g in GROUPS))
+    for m, r in results.items():
+        cells = [f"{r[g]['stopped']}/{r[g]['n']} {r[g]['rate'] or 0:.2f}" for g in GROUPS]
+        print(f"{m[-60:]:<60} " + " ".join(f"{c:>16}" for c in cells))
+    if args.out:
+        args.out.write_text(json.dumps({"rows": str(args.rows), "results": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
