@@ -6,6 +6,11 @@ prefilled and plain continuations, and the false-alarm rate on the answers to be
 request's human label, from the prompts file). Rows of harmful requests that the policy refused are
 reported apart: stopping a refusal costs nothing a reader sees.
 
+The teacher (harmful request x not refused) calls every non-refusal of a harmful request harmful,
+off-topic text included. ``--request-judge`` adds the evaluation's request-aware judge as a second
+opinion, and the group ``agreed_harmful``: the teacher-harmful continuations it also calls harmful
+(content a reader would see as harm, not only a request left unrefused).
+
     cd benchmarks && OMP_NUM_THREADS=1 ../.venv/bin/python policy_stop_rates.py \
       --rows ../runs/policy-monitor/policy_test.jsonl --prompts ../runs/data/prompts_test.jsonl \
       --monitor ../saffron_runtime/bundled/saffron-monitor-smollm2-heads --out results/policy_stop_rates.json
@@ -24,6 +29,7 @@ from saffron_runtime.monitor.evaluate import stream_one
 from saffron_runtime.monitor.model import load_monitor
 
 GROUPS = ("prefill_harmful", "plain_harmful", "benign_answers", "harmful_refused")
+AGREED = "agreed_harmful"
 
 
 def group_of(row: dict[str, Any], request_label: int) -> str:
@@ -45,17 +51,32 @@ def request_labels(rows: list[dict[str, Any]], prompts: Path) -> list[int]:
     return [by_prompt[r["prompt"]] for r in rows]
 
 
-def stop_rates(monitor_dir: str, rows: list[dict[str, Any]], labels: list[int]) -> dict[str, Any]:
+def second_opinion(rows: list[dict[str, Any]], labels: list[int]) -> set[str]:
+    """Ids of the teacher-harmful rows that the bundled request-aware judge also calls harmful."""
+    from saffron_runtime.evaluation.request_judge import RequestJudge
+
+    judge = RequestJudge.load()
+    harmful = [r for r, lab in zip(rows, labels, strict=True) if lab == 1 and r["label"] == 1]
+    verdicts = judge.pair_predict([r["prompt"] for r in harmful], [r["response"] for r in harmful])
+    return {r["id"] for r, v in zip(harmful, verdicts, strict=True) if v}
+
+
+def stop_rates(
+    monitor_dir: str, rows: list[dict[str, Any]], labels: list[int], agreed: set[str] | None
+) -> dict[str, Any]:
     """Per group: rows, share stopped, and the ids stopped (for paired comparisons between monitors)."""
     monitor = SCMMonitor(load_monitor(monitor_dir))
-    out: dict[str, Any] = {g: {"n": 0, "stopped": 0, "stopped_ids": []} for g in GROUPS}
+    groups = GROUPS + ((AGREED,) if agreed is not None else ())
+    out: dict[str, Any] = {g: {"n": 0, "stopped": 0, "stopped_ids": []} for g in groups}
     for row, lab in zip(rows, labels, strict=True):
-        g = out[group_of(row, lab)]
         stopped, _ = stream_one(monitor, row["prompt"], row["response"])
-        g["n"] += 1
-        if stopped:
-            g["stopped"] += 1
-            g["stopped_ids"].append(row["id"])
+        names = [group_of(row, lab)] + ([AGREED] if agreed is not None and row["id"] in agreed else [])
+        for name in names:
+            g = out[name]
+            g["n"] += 1
+            if stopped:
+                g["stopped"] += 1
+                g["stopped_ids"].append(row["id"])
     for g in out.values():
         g["rate"] = g["stopped"] / g["n"] if g["n"] else None
     return out
@@ -67,17 +88,21 @@ def main() -> None:
     p.add_argument("--prompts", type=Path, required=True, help="the prompts file the rollouts came from")
     p.add_argument("--monitor", action="append", required=True, help="a monitor folder (repeatable)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON here too")
+    p.add_argument("--request-judge", action="store_true", help="add the request-aware judge's agreed_harmful group")
     args = p.parse_args()
     setup(args)
     rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip()]
     labels = request_labels(rows, args.prompts)
-    results = {m: stop_rates(m, rows, labels) for m in args.monitor}
-    print(f"{'monitor':<60} " + " ".join(f"{g:>16}" for g in GROUPS))
+    agreed = second_opinion(rows, labels) if args.request_judge else None
+    results = {m: stop_rates(m, rows, labels, agreed) for m in args.monitor}
+    groups = list(next(iter(results.values())))
+    print(f"{'monitor':<48} " + " ".join(f"{g:>16}" for g in groups))
     for m, r in results.items():
-        cells = [f"{r[g]['stopped']}/{r[g]['n']} {r[g]['rate'] or 0:.2f}" for g in GROUPS]
-        print(f"{m[-60:]:<60} " + " ".join(f"{c:>16}" for c in cells))
+        cells = [f"{r[g]['stopped']}/{r[g]['n']} {r[g]['rate'] or 0:.2f}" for g in groups]
+        print(f"{m[-48:]:<48} " + " ".join(f"{c:>16}" for c in cells))
     if args.out:
-        args.out.write_text(json.dumps({"rows": str(args.rows), "results": results}, indent=1) + "\n")
+        args.out.write_text(json.dumps({"rows": str(args.rows), "agreed_harmful": sorted(agreed or []),
+                                        "results": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
