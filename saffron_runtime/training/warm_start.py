@@ -15,13 +15,6 @@ from saffron_runtime.errors import ConfigError
 from saffron_runtime.monitor.model import SCMMonitorModel, load_monitor
 
 
-def _lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter's tensors, keyed as peft saves them."""
-    from peft.utils import get_peft_model_state_dict
-
-    return get_peft_model_state_dict(model)
-
-
 def _check_same_shape(
     mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], folder: Path
 ) -> None:
@@ -42,11 +35,14 @@ def _check_same_shape(
 
 def warm_start(
     monitor: SCMMonitorModel, backbone: torch.nn.Module, folder: str | Path, *, lora: bool
-) -> dict[str, int]:
-    """Copy a saved monitor's heads (and adapter, for ``lora``) into ``monitor``; counts of what was copied.
+) -> None:
+    """Copy a saved monitor's heads (and adapter, for ``lora``) into ``monitor``.
 
     A prompt head is copied when both have one; otherwise the run's own stays as initialised.
     """
+    from peft import set_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict
+
     folder = Path(folder)
     saved = load_monitor(folder)
     has_adapter = hasattr(saved.backbone, "peft_config")
@@ -56,20 +52,12 @@ def warm_start(
             f"{folder} is {kind} monitor: train with --variant {'lora' if has_adapter else 'heads'} "
             "to start from it"
         )
-    heads = [
-        ("token_head", monitor.token_head, saved.token_head),
-        ("response_head", monitor.response_head, saved.response_head),
-    ]
+    pairs = [(monitor.token_head, saved.token_head), (monitor.response_head, saved.response_head)]
     if monitor.prompt_head is not None and saved.prompt_head is not None:
-        heads.append(("prompt_head", monitor.prompt_head, saved.prompt_head))
-    for _, mine, theirs in heads:
+        pairs.append((monitor.prompt_head, saved.prompt_head))
+    for mine, theirs in pairs:
         mine.load_state_dict(theirs.state_dict())
-    copied = {"heads": len(heads), "adapter_tensors": 0}
     if lora:
-        from peft import set_peft_model_state_dict
-
-        theirs_lora = _lora_state(saved.backbone)
-        _check_same_shape(_lora_state(backbone), theirs_lora, folder)
+        theirs_lora = get_peft_model_state_dict(saved.backbone)
+        _check_same_shape(get_peft_model_state_dict(backbone), theirs_lora, folder)
         set_peft_model_state_dict(backbone, theirs_lora)
-        copied["adapter_tensors"] = len(theirs_lora)
-    return copied
