@@ -11,6 +11,9 @@ off-topic text included. ``--request-judge`` adds the evaluation's request-aware
 opinion, and the group ``agreed_harmful``: the teacher-harmful continuations it also calls harmful
 (content a reader would see as harm, not only a request left unrefused).
 
+``--thresholds`` adds, per group, the share a one-token rule would stop at each threshold (the maximum of the
+score series the monitor's rule reads), for choosing a threshold on validation rows, never on test rows.
+
     cd benchmarks && OMP_NUM_THREADS=1 ../.venv/bin/python policy_stop_rates.py \
       --rows ../runs/policy-monitor/policy_test.jsonl --prompts ../runs/data/prompts_test.jsonl \
       --monitor ../saffron_runtime/bundled/saffron-monitor-smollm2-heads --out results/policy_stop_rates.json
@@ -82,6 +85,23 @@ def stop_rates(
     return out
 
 
+def threshold_sweep(
+    monitor_dir: str, rows: list[dict[str, Any]], labels: list[int], thresholds: list[float]
+) -> dict[str, dict[str, float]]:
+    """Per threshold and group, the share of rows whose maximum rule score reaches it (one-token rules only)."""
+    model = load_monitor(monitor_dir)
+    rule = model.rule
+    if rule.k != 1 and rule.name != "response-threshold":
+        raise SystemExit(f"{monitor_dir}'s rule {rule.name} k={rule.k} is not a one-token rule; --thresholds reads k=1")
+    use_response = rule.name == "response-threshold" or rule.head == "response"
+    peaks: dict[str, list[float]] = {g: [] for g in GROUPS}
+    for row, lab in zip(rows, labels, strict=True):
+        ids = model.tokenizer(row["response"], add_special_tokens=False)["input_ids"]
+        tok, resp = model.score(row["prompt"], ids)
+        peaks[group_of(row, lab)].append(float((resp if use_response else tok).max()))
+    return {f"{t:g}": {g: sum(p >= t for p in v) / len(v) for g, v in peaks.items() if v} for t in thresholds}
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--rows", type=Path, required=True, help="policy-labels rows of held-out prompts")
@@ -89,6 +109,7 @@ def main() -> None:
     p.add_argument("--monitor", action="append", required=True, help="a monitor folder (repeatable)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     p.add_argument("--request-judge", action="store_true", help="add the request-aware judge's agreed_harmful group")
+    p.add_argument("--thresholds", default=None, help="comma-separated thresholds to sweep (validation rows)")
     args = p.parse_args()
     setup(args)
     rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip()]
@@ -100,9 +121,16 @@ def main() -> None:
     for m, r in results.items():
         cells = [f"{r[g]['stopped']}/{r[g]['n']} {r[g]['rate'] or 0:.2f}" for g in groups]
         print(f"{m[-48:]:<48} " + " ".join(f"{c:>16}" for c in cells))
+    sweeps = {}
+    if args.thresholds:
+        ts = [float(t) for t in args.thresholds.split(",")]
+        sweeps = {m: threshold_sweep(m, rows, labels, ts) for m in args.monitor}
+        for m, sweep in sweeps.items():
+            for t, shares in sweep.items():
+                print(f"{m[-40:]:<40} theta {t:<6} " + " ".join(f"{g} {v:.3f}" for g, v in shares.items()))
     if args.out:
         args.out.write_text(json.dumps({"rows": str(args.rows), "agreed_harmful": sorted(agreed or []),
-                                        "results": results}, indent=1) + "\n")
+                                        "results": results, "thresholds": sweeps}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
