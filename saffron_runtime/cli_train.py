@@ -55,6 +55,10 @@ def train_mrm_cmd(
     rank_weight: Annotated[
         float, typer.Option(help="Weight of the within-prefix (centred) loss on judged children; 0: off.")
     ] = 0.0,
+    head_lora: Annotated[
+        bool,
+        typer.Option(help="LoRA on the output layer too: a learnable row per token (helps the children's order)."),
+    ] = False,
 ) -> None:
     """Train a multifurcation reward model with partial supervision; resumes from OUT/checkpoints.
 
@@ -85,6 +89,7 @@ def train_mrm_cmd(
         max_response_tokens=max_response_tokens,
         seed=seed,
         rank_weight=rank_weight,
+        head_lora=head_lora,
     )
     train_mrm(cfg)
     console.print(f"saved the MRM to {out}")

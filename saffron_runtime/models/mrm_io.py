@@ -202,7 +202,8 @@ def save_mrm(
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    mrm.model.save_pretrained(str(out))
+    # LoRA only: never the base embedding, which peft writes by default once the head is adapted
+    mrm.model.save_pretrained(str(out), save_embedding_layers=False)
     set_adapter_base(out, base)
     if mrm.unseen_mask is not None:
         save_file(

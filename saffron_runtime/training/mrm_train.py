@@ -60,6 +60,10 @@ class MRMTrainConfig(Settings):
     """Weight of the within-prefix term: squared error of each position's entries centred on their
     own mean (the search ranks children of one prefix; their rewards differ ~100x less than the
     levels of different prefixes do, so the plain loss all but ignores that order). 0: off."""
+    head_lora: bool = False
+    """LoRA on the output layer too (same rank): every token gets its own adaptable row, so the MRM can
+    learn what a token adds to a prefix's reward wherever it appears (the frozen, tied embedding rows
+    alone leave the children's order to the context). The adapter stays in peft's layout."""
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
     max_steps: int | None = Field(None, ge=1)
@@ -68,8 +72,7 @@ class MRMTrainConfig(Settings):
 
 def partial_supervision_loss(
     hidden: torch.Tensor,
-    head_weight: torch.Tensor,
-    head_bias: torch.Tensor | None,
+    head: torch.nn.Module,
     targets: torch.Tensor,
     rewards: torch.Tensor,
     mask: torch.Tensor,
@@ -78,22 +81,37 @@ def partial_supervision_loss(
 ) -> torch.Tensor:
     """Mean loss of the gathered rewards ``R[pos, y] = h_pos . W[y] (+ b[y])`` against ``r``.
 
-    ``hidden`` [B, T, H] are the states that predict the next token; ``targets``/``rewards``/``mask``
-    are [B, T] (the observed token at each position) or [B, T, K] (K supervised entries per
-    position: the observed token and judged children). Only the gathered ``W`` rows enter the graph.
+    ``hidden`` [B, T, H] are the states that predict the next token; ``head`` is the output layer
+    (plain or under LoRA); ``targets``/``rewards``/``mask`` are [B, T] (the observed token at each
+    position) or [B, T, K] (K supervised entries per position: the observed token and judged
+    children). Only the gathered rows of ``W`` enter the graph (:func:`head_rows`).
     ``rank_weight`` adds the squared error of the entries centred on their position's mean (over
     positions with two or more entries): the order of one prefix's children, which the search reads.
     """
-    rows = head_weight[targets]  # [B, T, H] or [B, T, K, H]
+    rows, bias = head_rows(head, targets)  # [B, T, H] or [B, T, K, H]
     states = hidden if targets.dim() == 2 else hidden.unsqueeze(2)
     pred = (states.to(rows.dtype) * rows).sum(-1)
-    if head_bias is not None:
-        pred = pred + head_bias[targets]
+    if bias is not None:
+        pred = pred + bias
     per_tok = loss_fn(pred.float(), rewards.float()) * mask
     level = per_tok.sum() / mask.sum().clamp(min=1)
     if rank_weight == 0.0 or targets.dim() == 2:
         return level
     return level + rank_weight * centred_loss(pred.float(), rewards.float(), mask)
+
+
+def head_rows(head: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output layer's effective weight rows (and biases) for token ``ids``, without the
+    vocabulary-wide product. Under peft's LoRA the row of token ``v`` is
+    ``W[v] + scaling * B[v] @ A``: a per-token adaptation of the head (``--head-lora``)."""
+    base = getattr(head, "base_layer", head)
+    rows = base.weight[ids]
+    bias = base.bias[ids] if base.bias is not None else None
+    for name in getattr(head, "active_adapters", []):
+        if name in getattr(head, "lora_A", {}):
+            a, b = head.lora_A[name].weight, head.lora_B[name].weight  # [r, H], [V, r]
+            rows = rows + head.scaling[name] * (b[ids] @ a)
+    return rows, bias
 
 
 def centred_loss(pred: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -191,11 +209,16 @@ def _lora_model(loaded: LoadedModel, config: MRMTrainConfig) -> torch.nn.Module:
     """The base model with LoRA adapters, in training mode."""
     from peft import LoraConfig, get_peft_model
 
+    modules = list(config.target_modules)
+    if config.head_lora:
+        head = loaded.model.get_output_embeddings()
+        # peft matches a full module name before it applies layers_to_transform, so the head is kept
+        modules += [name for name, m in loaded.model.named_modules() if m is head]
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=0.0,
-        target_modules=list(config.target_modules),
+        target_modules=modules,
         bias="none",
         layers_to_transform=top_layers(loaded.model, config.top_layers),
     )
@@ -244,8 +267,7 @@ def train_mrm(
         ).last_hidden_state
         h = hidden.gather(1, b["pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         loss = partial_supervision_loss(
-            h, head.weight, head.bias, b["targets"], b["rewards"], b["mask"], loss_fn,
-            config.rank_weight,
+            h, head, b["targets"], b["rewards"], b["mask"], loss_fn, config.rank_weight
         )
         return StepOutput(loss, int(b["mask"].sum()), saved_config)
 
@@ -254,7 +276,7 @@ def train_mrm(
         n_examples=len(records),
         optimizer=opt,
         step_fn=step_fn,
-        trainable=lambda: get_peft_model_state_dict(model),
+        trainable=lambda: get_peft_model_state_dict(model, save_embedding_layers=False),
         restore=lambda tensors: set_peft_model_state_dict(model, tensors),
         checkpoints=config.out / "checkpoints",
         label="train MRM",
@@ -306,6 +328,7 @@ def _save(
             "Training": f"partial supervision ({config.loss}) on {len(records)} responses from "
             f"`{config.data}`; {done.step} steps, batch {config.batch_size}, lr {config.lr}, "
             f"LoRA r={config.lora_r} alpha={config.lora_alpha} on {config.target_modules}"
+            f"{' and the output layer' if config.head_lora else ''}"
             f" ({f'last {config.top_layers} layers' if config.top_layers else 'all layers'}).",
             "Loss": f"first {meta['first_loss']}, last {meta['final_loss']}",
             "Unseen tokens": f"{int(mask.sum())} of {mask.numel()} vocabulary entries were never "

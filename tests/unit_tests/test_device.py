@@ -110,8 +110,8 @@ def test_training_steps_move_batches_to_the_model(tiny):
         hidden = tiny.policy.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
         h = hidden.gather(1, b["pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         head = tiny.policy.lm_head
-        loss = mrm_train.partial_supervision_loss(h, head.weight, head.bias, b["targets"], b["rewards"],
-                                                  b["mask"], mrm_train.LOSSES["mse"])
+        loss = mrm_train.partial_supervision_loss(h, head, b["targets"], b["rewards"], b["mask"],
+                                                  mrm_train.LOSSES["mse"])
         cfg = monitor_train.MonitorTrainConfig(data="x.jsonl", out="o", base="tiny", batch_size=1)
         step = monitor_train._step_fn(monitor, [([1, 2, 3, 4, 5], 3, [0, 1], 1)], [], cfg, 0)
         out = step(0, [0])

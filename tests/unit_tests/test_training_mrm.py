@@ -102,7 +102,7 @@ def test_partial_supervision_gives_no_gradient_to_other_vocabulary_entries(tiny)
     targets = torch.tensor([[9, 14, 33, 20], [7, 40, 0, 0]])
     rewards = torch.tensor([[0.5, -1.0, 2.0, 0.1], [1.0, -2.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.float)
-    loss = partial_supervision_loss(hidden[:, :4], head.weight, None, targets, rewards, mask)
+    loss = partial_supervision_loss(hidden[:, :4], head, targets, rewards, mask)
     # same value as gathering from full logits
     full = model.lm_head(hidden[:, :4]).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     ref = ((full - rewards) ** 2 * mask).sum() / mask.sum()
@@ -253,7 +253,46 @@ def test_partial_supervision_with_several_entries_per_position(tiny):
     targets = torch.tensor([[[9, 30, 31], [14, 0, 0]]])
     rewards = torch.tensor([[[0.5, -1.0, 2.0], [1.0, 0.0, 0.0]]])
     mask = torch.tensor([[[1, 1, 1], [1, 0, 0]]], dtype=torch.float)
-    loss = partial_supervision_loss(hidden, head.weight, None, targets, rewards, mask)
+    loss = partial_supervision_loss(hidden, head, targets, rewards, mask)
     logits = model.lm_head(hidden)[0]
     ref = ((logits[0, [9, 30, 31]] - torch.tensor([0.5, -1.0, 2.0])) ** 2).sum() + (logits[1, 14] - 1.0) ** 2
     assert float(loss) == pytest.approx(float(ref) / 4, rel=1e-5)
+
+
+def test_gathered_rows_include_the_output_layers_lora(tiny):
+    """With LoRA on the output layer, the loss on gathered rows equals the loss on the full logits."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        tiny_causal_lm(len(tiny.tokenizer), seed=3),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"], lora_dropout=0.0),
+    )
+    head = model.get_output_embeddings()
+    torch.manual_seed(0)
+    torch.nn.init.normal_(head.lora_B["default"].weight, std=0.5)  # zero at init: make the delta real
+    hidden = model.get_base_model().model(input_ids=torch.tensor([[5, 9, 14]])).last_hidden_state[:, :2]
+    targets = torch.tensor([[[9, 30, 31], [14, 0, 0]]])
+    rewards = torch.tensor([[[0.5, -1.0, 2.0], [1.0, 0.0, 0.0]]])
+    mask = torch.tensor([[[1, 1, 1], [1, 0, 0]]], dtype=torch.float)
+    loss = partial_supervision_loss(hidden, head, targets, rewards, mask)
+    logits = head(hidden)[0]
+    assert not torch.allclose(logits, head.base_layer(hidden)[0])
+    ref = ((logits[0, [9, 30, 31]] - torch.tensor([0.5, -1.0, 2.0])) ** 2).sum() + (logits[1, 14] - 1.0) ** 2
+    assert float(loss) == pytest.approx(float(ref) / 4, rel=1e-5)
+
+
+def test_head_lora_trains_the_output_layer_and_loads_back(tmp_path, reward_file, tiny_base_dir, tiny):
+    out = tmp_path / "mrm"
+    trained = train_mrm(_cfg(reward_file, tiny_base_dir, out, epochs=3, head_lora=True), progress=False)
+    head = trained.model.get_output_embeddings()
+    assert float(head.lora_B["default"].weight.abs().sum()) > 0  # the head's rows moved
+    loaded = load_mrm(out, policy_tokenizer=tiny.tokenizer)
+    r = read_jsonl(reward_file, TokenRewardRecord)[0]
+    ids = torch.tensor([loaded.template.prompt_ids(tiny.tokenizer, r.prompt) + r.response_ids])
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(input_ids=ids).logits, trained.model(input_ids=ids).logits, atol=1e-5)
+    assert "and the output layer" in (out / "README.md").read_text()
+    from safetensors import safe_open
+
+    with safe_open(str(out / "adapter_model.safetensors"), framework="pt") as f:
+        assert all("lora_" in k for k in f.keys())  # the adapter only, never the tied embedding
