@@ -136,7 +136,8 @@ def load_mrm(
             f"the adapter in {folder} does not fit the base model {loaded.source}: "
             f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         ) from e
-    _check_adapter_loaded(model, folder / ADAPTER_WEIGHTS, get_peft_model_state_dict(model))
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)
+    _check_adapter_loaded(model, folder / ADAPTER_WEIGHTS, state)
     model.eval()
 
     vocab = int(model.get_output_embeddings().weight.shape[0])
