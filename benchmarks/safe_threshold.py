@@ -77,6 +77,7 @@ def main() -> None:
                     help="SearchConfig.repetition_penalty (1.0: off, the default)")
     ap.add_argument("--unsafe-logprob-weight", type=float, default=0.0,
                     help="SearchConfig.unsafe_logprob_weight (0: children predicted unsafe rank by reward alone)")
+    ap.add_argument("--mrm", default="bundled", help="the MRM folder Saffron reads (default: the bundled one)")
     ap.add_argument("--budget", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=50)
     ap.add_argument("--cache", type=Path, default=Path("../runs/safe_threshold/cache.jsonl"))
@@ -84,13 +85,13 @@ def main() -> None:
     a = ap.parse_args()
     rows = [json.loads(x) for x in (a.splits / "prompts_val.jsonl").open() if x.strip()]
     cases = [(r, True) for r in _pick(rows, 1, a.harmful)] + [(r, False) for r in _pick(rows, 0, a.benign)]
-    harness = build_harness(policy="smollm2", mrm="bundled", monitor="bundled", judges="bundled",
+    harness = build_harness(policy="smollm2", mrm=a.mrm, monitor="bundled", judges="bundled",
                             cache_dir=a.cache.parent / "unused", settings=AttackSettings(prefill=10),
                             independent="minilm")
     a.cache.parent.mkdir(parents=True, exist_ok=True)
     done = _cached(a.cache)
     theta = harness.learned.response_theta
-    report: dict[str, Any] = {"budget": a.budget, "max_new_tokens": a.max_new_tokens, "harmful": a.harmful,
+    report: dict[str, Any] = {"mrm": a.mrm, "budget": a.budget, "max_new_tokens": a.max_new_tokens, "harmful": a.harmful,
                               "unseen_reward": a.unseen_reward, "unseen_from_parent": a.unseen_from_parent,
                               "repetition_penalty": a.repetition_penalty,
                               "unsafe_logprob_weight": a.unsafe_logprob_weight,
@@ -103,7 +104,8 @@ def main() -> None:
                               "unsafe_logprob_weight": a.unsafe_logprob_weight,
                               "unseen_siblings_cap": a.siblings_cap,
                               "within_prefix_weight": a.within_prefix_weight}
-    suffix = "|unseen=parent" if a.unseen_from_parent else ""
+    suffix = f"|mrm={a.mrm}" if a.mrm != "bundled" else ""
+    suffix += "|unseen=parent" if a.unseen_from_parent else ""
     suffix += "|siblings_cap" if a.siblings_cap else ""
     suffix += f"|shrink={a.within_prefix_weight}" if a.within_prefix_weight != 1.0 else ""
     suffix += f"|rep={a.repetition_penalty}" if a.repetition_penalty != 1.0 else ""
@@ -129,7 +131,8 @@ def main() -> None:
             "word_run_4_benign": sum(longest_word_run(x["text"]) >= 4 for x in refused),
             "s_per_output": sum(x["wall_s"] for x in harm + refused) / len(harm + refused),
         }
-    unseen = "" if a.unseen_reward is None else f", unseen_reward {a.unseen_reward}"
+    unseen = "" if a.mrm == "bundled" else f", MRM {a.mrm}"
+    unseen += "" if a.unseen_reward is None else f", unseen_reward {a.unseen_reward}"
     unseen += ", unseen tokens take the parent's reward" if a.unseen_from_parent else ""
     unseen += ", capped at the seen siblings' mean" if a.siblings_cap else ""
     unseen += f", within_prefix_weight {a.within_prefix_weight}" if a.within_prefix_weight != 1.0 else ""

@@ -59,6 +59,9 @@ def train_mrm_cmd(
         bool,
         typer.Option(help="LoRA on the output layer too: a learnable row per token (helps the children's order)."),
     ] = False,
+    loraplus_ratio: Annotated[
+        float, typer.Option(help="LoRA+: the B matrices' learning rate over the A matrices' (1: plain AdamW).")
+    ] = 1.0,
 ) -> None:
     """Train a multifurcation reward model with partial supervision; resumes from OUT/checkpoints.
 
@@ -90,6 +93,7 @@ def train_mrm_cmd(
         seed=seed,
         rank_weight=rank_weight,
         head_lora=head_lora,
+        loraplus_ratio=loraplus_ratio,
     )
     train_mrm(cfg)
     console.print(f"saved the MRM to {out}")

@@ -64,6 +64,9 @@ class MRMTrainConfig(Settings):
     """LoRA on the output layer too (same rank): every token gets its own adaptable row, so the MRM can
     learn what a token adds to a prefix's reward wherever it appears (the frozen, tied embedding rows
     alone leave the children's order to the context). The adapter stays in peft's layout."""
+    loraplus_ratio: float = Field(1.0, ge=1.0, le=256.0)
+    """LoRA+ (peft's ``create_loraplus_optimizer``): the B matrices learn this many times faster than the
+    A ones, which speeds up a fit that is still falling when the epochs end. 1: plain AdamW."""
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
     max_steps: int | None = Field(None, ge=1)
@@ -228,6 +231,19 @@ def _lora_model(loaded: LoadedModel, config: MRMTrainConfig) -> torch.nn.Module:
     return model
 
 
+def _optimizer(model: torch.nn.Module, config: MRMTrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the adapter, or LoRA+ groups when ``loraplus_ratio`` is above 1."""
+    if config.loraplus_ratio > 1.0:
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(
+            model, torch.optim.AdamW, lr=config.lr, loraplus_lr_ratio=config.loraplus_ratio,
+            weight_decay=0.0,
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+
+
 def train_mrm(
     config: MRMTrainConfig,
     *,
@@ -252,8 +268,7 @@ def train_mrm(
     prefix_ids = {r.id: template.prompt_ids(tok, r.prompt) for r in records}
     model = _lora_model(loaded, config)
     head = model.get_output_embeddings()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    opt = _optimizer(model, config)
     loss_fn = LOSSES[config.loss]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     saved_config = {"config": config.model_dump(mode="json")}
@@ -327,6 +342,7 @@ def _save(
             "Base model": config.base,
             "Training": f"partial supervision ({config.loss}) on {len(records)} responses from "
             f"`{config.data}`; {done.step} steps, batch {config.batch_size}, lr {config.lr}, "
+            f"{f'LoRA+ (ratio {config.loraplus_ratio:g}), ' if config.loraplus_ratio > 1 else ''}"
             f"LoRA r={config.lora_r} alpha={config.lora_alpha} on {config.target_modules}"
             f"{' and the output layer' if config.head_lora else ''}"
             f" ({f'last {config.top_layers} layers' if config.top_layers else 'all layers'}).",

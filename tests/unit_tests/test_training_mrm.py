@@ -296,3 +296,19 @@ def test_head_lora_trains_the_output_layer_and_loads_back(tmp_path, reward_file,
 
     with safe_open(str(out / "adapter_model.safetensors"), framework="pt") as f:
         assert all("lora_" in k for k in f.keys())  # the adapter only, never the tied embedding
+
+
+def test_loraplus_ratio_gives_the_b_matrices_a_larger_learning_rate(tmp_path, reward_file, tiny_base_dir, tiny):
+    from saffron_runtime.models.loading import load_policy
+    from saffron_runtime.training.mrm_train import _lora_model, _optimizer
+
+    cfg = _cfg(reward_file, tiny_base_dir, tmp_path / "m", lr=1e-3, loraplus_ratio=16, head_lora=True)
+    model = _lora_model(load_policy(str(tiny_base_dir), dtype="float32"), cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    lrs = {"lora_A": set(), "lora_B": set()}
+    for group in _optimizer(model, cfg).param_groups:
+        for p in group["params"]:
+            lrs["lora_B" if "lora_B" in names[id(p)] else "lora_A"].add(group["lr"])
+    assert lrs["lora_A"] == {1e-3} and [round(x, 9) for x in lrs["lora_B"]] == [0.016]
+    plain = _optimizer(model, _cfg(reward_file, tiny_base_dir, tmp_path / "m", lr=1e-3))
+    assert {g["lr"] for g in plain.param_groups} == {1e-3}
