@@ -87,9 +87,9 @@ bundled-mrm: bundled-data
 
 # The MRM trained for within-prefix ranking (not yet the shipped one): the LoRA monitor judges the rollouts and,
 # at 12 sampled positions of each, every child in the policy's nucleus; the trainer supervises all of them, with
-# a within-prefix term (--rank-weight: children's rewards centred on their prefix's mean). Measured 2026-12-02 at
-# load 3-5: rollouts 21 min, children 44 min, training 15 min, each evaluation ~10 min; results in
-# benchmarks/README.md ("The MRM on every judged child").
+# a within-prefix term (--rank-weight: children's rewards centred on their prefix's mean) and LoRA on the output
+# layer (--head-lora: a learnable row per token). Measured 2026-12-07, two one-thread jobs: children 18 min,
+# training 26 min (6 epochs), each evaluation ~10 min; results in benchmarks/README.md ("The MRM on every judged child").
 MRM_JUDGE := saffron_runtime/bundled/saffron-monitor-smollm2-lora
 # The policy's own rollouts of 500 training and 120 test prompts (plain, and "Sure, here is"-prefilled for the
 # harmful ones), judged by the LoRA monitor: the input of both mrm-children and monitor-policy (resumable).
@@ -107,7 +107,7 @@ mrm-children: policy-rollouts
 	  --positions 12 --max-children 12 --top-p 0.8
 	$(SAFFRON) train mrm --data $(RUNS)/mrm-children/children_train.jsonl --out $(RUNS)/mrm-children/mrm-rank \
 	  --template chatml --target-modules $(LORA_ALL) --top-layers 10 --lora-r 16 --lora-alpha 32 \
-	  --epochs 2 --batch-size 8 --lr 1e-3 --max-response-tokens 48 --checkpoint-every 25 --rank-weight 20
+	  --epochs 6 --batch-size 8 --lr 1e-3 --max-response-tokens 48 --checkpoint-every 25 --rank-weight 100 --head-lora
 	for subset in all plain prefill; do $(SAFFRON) eval mrm --data $(RUNS)/mrm-children/rewards_test.jsonl \
 	  --mrm $(RUNS)/mrm-children/mrm-rank --judge-monitor $(MRM_JUDGE) --judge-ema 0.3 --prefixes 200 --top-p 0.8 \
 	  --subset $$subset --json; done

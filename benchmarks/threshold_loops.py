@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--mrm", default="bundled", help="the MRM folder Saffron reads (default: the bundled one)")
     ap.add_argument(
         "--variants",
         default=DEFAULT_VARIANTS,
@@ -65,7 +66,7 @@ def main() -> None:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     rows = prompts_by_id(a.prompts, a.ids)
     engine = build_stack(
-        StackOptions(policy="smollm2", mrm="bundled", monitor=None, methods=("saffron",))
+        StackOptions(policy="smollm2", mrm=a.mrm, monitor=None, methods=("saffron",))
     ).engine
     results = []
     for pid in rows:
@@ -113,7 +114,8 @@ def main() -> None:
     Console().print(table)
     a.out.write_text(
         json.dumps(
-            {"budget": a.budget, "max_new_tokens": a.max_new_tokens, "rows": results}, indent=1
+            {"mrm": a.mrm, "budget": a.budget, "max_new_tokens": a.max_new_tokens, "rows": results},
+            indent=1,
         )
     )
 
