@@ -7,7 +7,8 @@ show how much of the judge's order needs the context at all:
 
 * ``policy_order``: the policy's own ranking (children are stored most likely first);
 * ``token_table``: each token's mean centred judge reward over the training children (a per-token
-  constant, the same in every context; tokens it never saw score 0).
+  constant, the same in every context; tokens it never saw score 0), raw and shrunk by one pseudo-count
+  (``token_table_pc1``: the start of ``saffron train mrm --token-bias``).
 
 Spearman per judged position (two or more children, judge not all tied), mean with a bootstrap 95% CI,
 for all positions and for the plain and prefilled rollouts apart. Ids and numbers only are written.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,23 +31,23 @@ from saffron_runtime.evaluation.mrm_eval import bootstrap_ci, spearman
 from saffron_runtime.jsonl import read_jsonl
 from saffron_runtime.models.mrm import MultifurcationRewardModel
 from saffron_runtime.models.mrm_io import load_mrm
+from saffron_runtime.models.token_bias import mean_centred_child_reward
 from saffron_runtime.training.reward_data import TokenRewardRecord
 
 Scorer = Callable[[TokenRewardRecord], list[list[float]]]
 """Scores of every judged child of a record, one list per ``children`` entry."""
 
 
-def token_table(train: list[TokenRewardRecord]) -> dict[int, float]:
-    """Mean centred judge reward per token id over the training children."""
-    sums: dict[int, float] = defaultdict(float)
-    counts: dict[int, int] = defaultdict(int)
-    for r in train:
-        for c in r.children:
-            mean = sum(c.rewards) / len(c.rewards)
-            for i, v in zip(c.ids, c.rewards, strict=True):
-                sums[i] += v - mean
-                counts[i] += 1
-    return {i: sums[i] / counts[i] for i in sums}
+def token_table(train: list[TokenRewardRecord], pseudo_count: float) -> torch.Tensor:
+    """Mean centred judge reward per token id over the training children (the MRM's ``--token-bias``
+    start at ``pseudo_count`` 1; the raw mean at 0)."""
+    vocab = 1 + max(i for r in train for c in r.children for i in c.ids)
+    return mean_centred_child_reward(((c.ids, c.rewards) for r in train for c in r.children), vocab, pseudo_count)
+
+
+def _lookup(table: torch.Tensor) -> Scorer:
+    """A context-free scorer: the table's value of each child (0 for ids it never saw)."""
+    return lambda r: [[float(table[i]) if i < len(table) else 0.0 for i in c.ids] for c in r.children]
 
 
 def mrm_scorer(mrm: MultifurcationRewardModel) -> Scorer:
@@ -92,10 +92,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     test = [r for r in read_jsonl(args.test, TokenRewardRecord) if r.children]
-    table = token_table(read_jsonl(args.train, TokenRewardRecord))
+    train = read_jsonl(args.train, TokenRewardRecord)
     scorers: dict[str, Scorer] = {
         "policy_order": lambda r: [[-float(k) for k in range(len(c.ids))] for c in r.children],
-        "token_table": lambda r: [[table.get(i, 0.0) for i in c.ids] for c in r.children],
+        "token_table": _lookup(token_table(train, 0.0)),
+        "token_table_pc1": _lookup(token_table(train, 1.0)),
     }
     for spec in args.mrm:
         name, folder = spec.split("=", 1)

@@ -62,6 +62,14 @@ def train_mrm_cmd(
     loraplus_ratio: Annotated[
         float, typer.Option(help="LoRA+: the B matrices' learning rate over the A matrices' (1: plain AdamW).")
     ] = 1.0,
+    token_bias: Annotated[
+        bool,
+        typer.Option(help="A learnable reward offset per token, started from the data's mean centred child reward."),
+    ] = False,
+    train_final_norm: Annotated[
+        bool,
+        typer.Option(help="Train the final norm's gain too, so the LoRA can rescale the base model's logit gaps."),
+    ] = False,
 ) -> None:
     """Train a multifurcation reward model with partial supervision; resumes from OUT/checkpoints.
 
@@ -94,6 +102,8 @@ def train_mrm_cmd(
         rank_weight=rank_weight,
         head_lora=head_lora,
         loraplus_ratio=loraplus_ratio,
+        token_bias=token_bias,
+        train_final_norm=train_final_norm,
     )
     train_mrm(cfg)
     console.print(f"saved the MRM to {out}")

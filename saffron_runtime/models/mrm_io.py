@@ -2,7 +2,8 @@
 
 Layout: ``adapter_config.json``, ``adapter_model.safetensors``, ``unseen_mask.pt`` (or
 ``unseen_mask.safetensors``) and, for our own models, ``saffron_mrm.json`` (template, base model,
-EOS supervision, metadata). The released Saffron-1 folder loads unchanged. The reference code's
+EOS supervision, metadata) and, when trained with one, ``token_bias.safetensors`` (a per-token reward
+offset applied as the output layer's bias). The released Saffron-1 folder loads unchanged. The reference code's
 ``lm_head_bias.pt`` is never loaded (its forward never applies it and it was never trained).
 """
 
@@ -22,6 +23,7 @@ from saffron_runtime.errors import ConfigError, ModelLoadError, TokenizerMismatc
 from saffron_runtime.models.loading import load_policy
 from saffron_runtime.models.mrm import MRMTemplate, MultifurcationRewardModel
 from saffron_runtime.models.peft_quiet import quiet_peft
+from saffron_runtime.models.token_bias import load_token_bias, save_token_bias
 from saffron_runtime.models.vocab import check_vocab_compatible
 from saffron_runtime.models.weights import load_tensor_file, set_adapter_base, validate_safetensors
 
@@ -138,6 +140,7 @@ def load_mrm(
         ) from e
     state = get_peft_model_state_dict(model, save_embedding_layers=False)
     _check_adapter_loaded(model, folder / ADAPTER_WEIGHTS, state)
+    load_token_bias(model, folder)
     model.eval()
 
     vocab = int(model.get_output_embeddings().weight.shape[0])
@@ -206,6 +209,7 @@ def save_mrm(
     # LoRA only: never the base embedding, which peft writes by default once the head is adapted
     mrm.model.save_pretrained(str(out), save_embedding_layers=False)
     set_adapter_base(out, base)
+    save_token_bias(mrm.model, out)
     if mrm.unseen_mask is not None:
         save_file(
             {"mask": mrm.unseen_mask.to(torch.bool).contiguous()}, str(out / UNSEEN_MASK_FILES[0])

@@ -25,11 +25,13 @@ from saffron_runtime.models.loading import LoadedModel, load_policy
 from saffron_runtime.models.mrm import MRMTemplate, MultifurcationRewardModel
 from saffron_runtime.models.mrm_io import save_mrm
 from saffron_runtime.models.peft_quiet import quiet_peft
+from saffron_runtime.models.token_bias import mean_centred_child_reward, set_token_bias, token_bias
 from saffron_runtime.training.loop import LoopResult, StepOutput, train_loop
 from saffron_runtime.training.lora import top_layers
 from saffron_runtime.training.model_card import write_model_card
 from saffron_runtime.training.reward_data import TokenRewardRecord
 
+_BIAS_KEY = "saffron.token_bias"
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOSSES: dict[str, LossFn] = {
     "mse": lambda pred, target: (pred - target).pow(2),
@@ -67,6 +69,14 @@ class MRMTrainConfig(Settings):
     loraplus_ratio: float = Field(1.0, ge=1.0, le=256.0)
     """LoRA+ (peft's ``create_loraplus_optimizer``): the B matrices learn this many times faster than the
     A ones, which speeds up a fit that is still falling when the epochs end. 1: plain AdamW."""
+    token_bias: bool = False
+    """A learnable reward offset per token (the output layer's bias), started from each token's mean
+    judge reward relative to its siblings in the data: the context-free part of the children's order,
+    which the LoRA would otherwise have to learn token by token. Saved as ``token_bias.safetensors``."""
+    train_final_norm: bool = False
+    """Train the final norm's gain too (peft ``modules_to_save``). Frozen, it fixes the scale of every
+    logit, so the base model's own gaps between a prefix's children (several units) must be cancelled
+    by the LoRA alone to expose reward gaps about 100x smaller."""
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
     max_steps: int | None = Field(None, ge=1)
@@ -217,6 +227,7 @@ def _lora_model(loaded: LoadedModel, config: MRMTrainConfig) -> torch.nn.Module:
         head = loaded.model.get_output_embeddings()
         # peft matches a full module name before it applies layers_to_transform, so the head is kept
         modules += [name for name, m in loaded.model.named_modules() if m is head]
+    norm = _decoder(loaded.model).norm
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -224,11 +235,42 @@ def _lora_model(loaded: LoadedModel, config: MRMTrainConfig) -> torch.nn.Module:
         target_modules=modules,
         bias="none",
         layers_to_transform=top_layers(loaded.model, config.top_layers),
+        modules_to_save=[n for n, m in loaded.model.named_modules() if m is norm]
+        if config.train_final_norm
+        else None,
     )
     with quiet_peft():
         model = get_peft_model(loaded.model, lora)
     model.train()
     return model
+
+
+def initial_token_bias(
+    records: list[TokenRewardRecord], vocab_size: int, max_resp: int
+) -> torch.Tensor:
+    """The token bias's starting point: each token's mean reward relative to its judged siblings."""
+    children = ((c.ids, c.rewards) for r in records for c in r.children if c.t < max_resp)
+    return mean_centred_child_reward(children, vocab_size)
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds: the adapter (and saved modules) plus the token bias, if any."""
+    from peft.utils import get_peft_model_state_dict
+
+    tensors = get_peft_model_state_dict(model, save_embedding_layers=False)
+    bias = token_bias(model)
+    return tensors if bias is None else {**tensors, _BIAS_KEY: bias}
+
+
+def _restore(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`_trainable`."""
+    from peft import set_peft_model_state_dict
+
+    bias = tensors.pop(_BIAS_KEY, None)
+    if bias is not None:  # in place: the optimizer holds this very parameter
+        with torch.no_grad():
+            token_bias(model).copy_(bias)  # type: ignore[union-attr]
+    set_peft_model_state_dict(model, tensors)
 
 
 def _optimizer(model: torch.nn.Module, config: MRMTrainConfig) -> torch.optim.Optimizer:
@@ -255,9 +297,6 @@ def train_mrm(
 
     Writes the Saffron-1 layout plus ``saffron_mrm.json`` and a model card into ``config.out``.
     """
-    from peft import set_peft_model_state_dict
-    from peft.utils import get_peft_model_state_dict
-
     t_start = time.perf_counter()
     records = read_jsonl(config.data, TokenRewardRecord)  # validated up front
     torch.manual_seed(config.seed)
@@ -268,6 +307,10 @@ def train_mrm(
     prefix_ids = {r.id: template.prompt_ids(tok, r.prompt) for r in records}
     model = _lora_model(loaded, config)
     head = model.get_output_embeddings()
+    if config.token_bias:
+        vocab = int(head.weight.shape[0])
+        init = initial_token_bias(records, vocab, config.max_response_tokens)
+        set_token_bias(model, init, trainable=True)
     opt = _optimizer(model, config)
     loss_fn = LOSSES[config.loss]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -291,8 +334,8 @@ def train_mrm(
         n_examples=len(records),
         optimizer=opt,
         step_fn=step_fn,
-        trainable=lambda: get_peft_model_state_dict(model, save_embedding_layers=False),
-        restore=lambda tensors: set_peft_model_state_dict(model, tensors),
+        trainable=lambda: _trainable(model),
+        restore=lambda tensors: _restore(model, tensors),
         checkpoints=config.out / "checkpoints",
         label="train MRM",
         what="MRM training",
@@ -345,6 +388,8 @@ def _save(
             f"{f'LoRA+ (ratio {config.loraplus_ratio:g}), ' if config.loraplus_ratio > 1 else ''}"
             f"LoRA r={config.lora_r} alpha={config.lora_alpha} on {config.target_modules}"
             f"{' and the output layer' if config.head_lora else ''}"
+            f"{', the final norm trained' if config.train_final_norm else ''}"
+            f"{', a learnable per-token bias' if config.token_bias else ''}"
             f" ({f'last {config.top_layers} layers' if config.top_layers else 'all layers'}).",
             "Loss": f"first {meta['first_loss']}, last {meta['final_loss']}",
             "Unseen tokens": f"{int(mask.sum())} of {mask.numel()} vocabulary entries were never "
