@@ -70,6 +70,9 @@ def train_mrm_cmd(
         bool,
         typer.Option(help="Train the final norm's gain too, so the LoRA can rescale the base model's logit gaps."),
     ] = False,
+    final_norm_scale: Annotated[
+        float, typer.Option(help="With --train-final-norm: start the gain at this multiple of the base's (damps its logits).")
+    ] = 1.0,
 ) -> None:
     """Train a multifurcation reward model with partial supervision; resumes from OUT/checkpoints.
 
@@ -104,6 +107,7 @@ def train_mrm_cmd(
         loraplus_ratio=loraplus_ratio,
         token_bias=token_bias,
         train_final_norm=train_final_norm,
+        final_norm_scale=final_norm_scale,
     )
     train_mrm(cfg)
     console.print(f"saved the MRM to {out}")

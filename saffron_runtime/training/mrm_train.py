@@ -77,6 +77,10 @@ class MRMTrainConfig(Settings):
     """Train the final norm's gain too (peft ``modules_to_save``). Frozen, it fixes the scale of every
     logit, so the base model's own gaps between a prefix's children (several units) must be cancelled
     by the LoRA alone to expose reward gaps about 100x smaller."""
+    final_norm_scale: float = Field(1.0, gt=0.0, le=1.0)
+    """With ``train_final_norm``: the trained gain starts at this multiple of the base's. Below 1 it damps
+    the base model's logits (uncorrelated with the judge's order among children, and ~5x its spread)
+    from the first step, so the token bias and the LoRA are not drowned out while they learn."""
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
     max_steps: int | None = Field(None, ge=1)
@@ -241,6 +245,9 @@ def _lora_model(loaded: LoadedModel, config: MRMTrainConfig) -> torch.nn.Module:
     )
     with quiet_peft():
         model = get_peft_model(loaded.model, lora)
+    if config.train_final_norm and config.final_norm_scale != 1.0:
+        with torch.no_grad():
+            _decoder(model).norm.modules_to_save["default"].weight.mul_(config.final_norm_scale)
     model.train()
     return model
 
