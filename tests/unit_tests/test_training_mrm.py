@@ -369,3 +369,14 @@ def test_token_bias_and_final_norm_train_save_resume_and_load_back(tmp_path, rew
         assert torch.allclose(without.rewards(ids) + trained_bias, want[:, -1], atol=1e-5)
     card = (tmp_path / "whole" / "README.md").read_text()
     assert "a learnable per-token bias" in card and "the final norm trained" in card
+
+
+def test_final_norm_scale_starts_the_trained_gain_at_that_fraction_of_the_base(tmp_path, reward_file, tiny_base_dir):
+    from saffron_runtime.models.loading import load_policy
+    from saffron_runtime.training.mrm_train import _lora_model
+
+    cfg = _cfg(reward_file, tiny_base_dir, tmp_path / "m", train_final_norm=True, final_norm_scale=0.1)
+    norm = _lora_model(load_policy(str(tiny_base_dir), dtype="float32"), cfg).get_base_model().model.norm
+    assert norm.modules_to_save["default"].weight.requires_grad
+    assert torch.allclose(norm.modules_to_save["default"].weight, 0.1 * norm.original_module.weight)
+    assert not norm.original_module.weight.requires_grad
