@@ -49,7 +49,7 @@ SAFFRON := OMP_NUM_THREADS=1 $(VENV)/bin/saffron
 JUDGE := saffron_runtime/bundled/saffron-monitor-smollm2-heads
 LORA_ALL := q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 
-.PHONY: policy-rollouts mrm-children monitor-policy bundled bundled-data bundled-mrm bundled-monitor-heads bundled-monitor-heads-calibrate bundled-monitor-lora \
+.PHONY: policy-rollouts mrm-rollouts-rest mrm-children monitor-policy bundled bundled-data bundled-mrm bundled-monitor-heads bundled-monitor-heads-calibrate bundled-monitor-lora \
   bundled-judges bundled-request-judge eval-attack
 # The three bundled models, two one-thread jobs at a time (LoRA monitor beside heads monitor, then MRM, then the
 # heads calibration on the core the LoRA monitor frees; measured 1 h 52 min + 324 s, see the model cards):
@@ -87,29 +87,49 @@ bundled-mrm: bundled-data
 
 # The MRM trained for within-prefix ranking (not yet the shipped one): the LoRA monitor judges the rollouts and,
 # at 12 sampled positions of each, every child in the policy's nucleus; the trainer supervises all of them, with
-# a within-prefix term (--rank-weight: children's rewards centred on their prefix's mean) and LoRA on the output
-# layer (--head-lora: a learnable row per token). Measured 2026-12-07, two one-thread jobs: children 18 min,
-# training 26 min (6 epochs), each evaluation ~10 min; results in benchmarks/README.md ("The MRM on every judged child").
+# a within-prefix term (--rank-weight: children's rewards centred on their prefix's mean), LoRA on the output layer
+# (--head-lora: a learnable row per token), a per-token bias started from the data (--token-bias) and the final
+# norm trained from a tenth of its gain (--train-final-norm --final-norm-scale 0.1: damps the base logits). The
+# training rollouts are those of policy-rollouts plus every other training prompt (mrm-rollouts-rest). Measured
+# 2026-12-07 on a fresh machine, two one-thread jobs: rollouts of the other 1143 prompts 23 min, children 21 min
+# (all 2747 training and 204 test rollouts), training 2 epochs 22 min; results in benchmarks/README.md
+# ("The base model's logits drown the children's order").
 MRM_JUDGE := saffron_runtime/bundled/saffron-monitor-smollm2-lora
+MC := $(RUNS)/mrm-children
+MRM_EPOCHS ?= 2
+CHILDREN := --judge-monitor $(MRM_JUDGE) --judge-ema 0.3 --positions 12 --max-children 12 --top-p 0.8
 # The policy's own rollouts of 500 training and 120 test prompts (plain, and "Sure, here is"-prefilled for the
 # harmful ones), judged by the LoRA monitor: the input of both mrm-children and monitor-policy (resumable).
 policy-rollouts: bundled-data
 	$(SAFFRON) data rewards --prompts $(RUNS)/data/prompts_train.jsonl --sample 500 \
-	  --out $(RUNS)/mrm-children/rewards_train.jsonl --judge-monitor $(MRM_JUDGE) --max-new-tokens 48 \
+	  --out $(MC)/rewards_train.jsonl --judge-monitor $(MRM_JUDGE) --max-new-tokens 48 \
 	  --batch-size 32 --prefill-harmful "Sure, here is" --judge-ema 0.3
 	$(SAFFRON) data rewards --prompts $(RUNS)/data/prompts_test.jsonl --sample 120 --seed 1 \
-	  --out $(RUNS)/mrm-children/rewards_test.jsonl --judge-monitor $(MRM_JUDGE) --max-new-tokens 48 \
+	  --out $(MC)/rewards_test.jsonl --judge-monitor $(MRM_JUDGE) --max-new-tokens 48 \
 	  --batch-size 32 --prefill-harmful "Sure, here is" --judge-ema 0.3
 
-mrm-children: policy-rollouts
-	$(SAFFRON) data children --data $(RUNS)/mrm-children/rewards_train.jsonl \
-	  --out $(RUNS)/mrm-children/children_train.jsonl --judge-monitor $(MRM_JUDGE) --judge-ema 0.3 \
-	  --positions 12 --max-children 12 --top-p 0.8
-	$(SAFFRON) train mrm --data $(RUNS)/mrm-children/children_train.jsonl --out $(RUNS)/mrm-children/mrm-rank \
+# The other 1143 training prompts, rolled out the same way (the MRM overfits 826 rollouts; resumable).
+mrm-rollouts-rest: policy-rollouts
+	$(PY) -c "import json, sys; used = {json.loads(l)['id'] for l in open(sys.argv[1])}; \
+	  sys.stdout.writelines(l for l in open(sys.argv[2]) if json.loads(l)['id'] not in used)" \
+	  $(MC)/rewards_train.jsonl $(RUNS)/data/prompts_train.jsonl > $(MC)/prompts_train_rest.jsonl
+	$(SAFFRON) data rewards --prompts $(MC)/prompts_train_rest.jsonl --out $(MC)/rewards_rest.jsonl \
+	  --judge-monitor $(MRM_JUDGE) --max-new-tokens 48 --batch-size 32 --prefill-harmful "Sure, here is" --judge-ema 0.3
+
+mrm-children: mrm-rollouts-rest
+	$(SAFFRON) data children --data $(MC)/rewards_train.jsonl --out $(MC)/children_train.jsonl $(CHILDREN)
+	$(SAFFRON) data children --data $(MC)/rewards_rest.jsonl --out $(MC)/children_rest.jsonl $(CHILDREN)
+	$(SAFFRON) data children --data $(MC)/rewards_test.jsonl --out $(MC)/children_test.jsonl $(CHILDREN)
+	cat $(MC)/children_train.jsonl $(MC)/children_rest.jsonl > $(MC)/children_train_all.jsonl
+	$(SAFFRON) train mrm --data $(MC)/children_train_all.jsonl --out $(MC)/mrm-rank \
 	  --template chatml --target-modules $(LORA_ALL) --top-layers 10 --lora-r 16 --lora-alpha 32 \
-	  --epochs 6 --batch-size 8 --lr 1e-3 --max-response-tokens 48 --checkpoint-every 25 --rank-weight 100 --head-lora
-	for subset in all plain prefill; do $(SAFFRON) eval mrm --data $(RUNS)/mrm-children/rewards_test.jsonl \
-	  --mrm $(RUNS)/mrm-children/mrm-rank --judge-monitor $(MRM_JUDGE) --judge-ema 0.3 --prefixes 200 --top-p 0.8 \
+	  --epochs $(MRM_EPOCHS) --batch-size 8 --lr 1e-3 --max-response-tokens 48 --checkpoint-every 25 --rank-weight 100 \
+	  --head-lora --token-bias --train-final-norm --final-norm-scale 0.1
+	cd benchmarks && $(CURDIR)/$(PY) mrm_children_ranking.py --test $(abspath $(MC))/children_test.jsonl \
+	  --train $(abspath $(MC))/children_train_all.jsonl --mrm mrm-rank=$(abspath $(MC))/mrm-rank \
+	  --out $(abspath $(MC))/ranking.json
+	for subset in all plain prefill; do $(SAFFRON) eval mrm --data $(MC)/rewards_test.jsonl \
+	  --mrm $(MC)/mrm-rank --judge-monitor $(MRM_JUDGE) --judge-ema 0.3 --prefixes 200 --top-p 0.8 \
 	  --subset $$subset --json; done
 
 # The heads monitor trained on the policy's own rollouts too (measured, not shipped: benchmarks/README.md, "The
