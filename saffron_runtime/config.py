@@ -13,7 +13,10 @@ def describe_validation_error(model: str, err: ValidationError) -> str:
     """One readable line per invalid field: ``Model.field=value: what is allowed``."""
     parts = []
     for e in err.errors():
-        field = ".".join(str(x) for x in e["loc"]) or "(model)"
+        field = ".".join(str(x) for x in e["loc"])
+        if not field:  # a check across fields: its message names them; the whole input would bury it
+            parts.append(f"{model}: {e['msg'].removeprefix('Value error, ')}")
+            continue
         ctx = e.get("ctx") or {}
         bounds = ", ".join(f"{k} {v}" for k, v in ctx.items() if k in ("ge", "gt", "le", "lt"))
         allowed = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from saffron_runtime.config import Settings
 from saffron_runtime.jsonl import read_jsonl
@@ -85,6 +85,13 @@ class MRMTrainConfig(Settings):
     checkpoint_every: int = Field(50, ge=1)
     max_steps: int | None = Field(None, ge=1)
     licences: str = Field("", description="licences of the base model and data, for the model card")
+
+    @model_validator(mode="after")
+    def _scale_needs_a_trained_norm(self) -> MRMTrainConfig:
+        """A gain scale on a frozen norm would be silently ignored; say so instead."""
+        if self.final_norm_scale != 1.0 and not self.train_final_norm:
+            raise ValueError("final_norm_scale scales the trained final norm: set train_final_norm=True too")
+        return self
 
 
 def partial_supervision_loss(

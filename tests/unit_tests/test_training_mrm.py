@@ -174,6 +174,8 @@ def test_invalid_config_names_the_field(tmp_path):
 
     with pytest.raises(ConfigError, match=r"MRMTrainConfig.lora_r=0: must be >= 1"):
         MRMTrainConfig(data=tmp_path / "d", out=tmp_path, lora_r=0)
+    with pytest.raises(ConfigError, match=r"set train_final_norm=True too"):
+        MRMTrainConfig(data=tmp_path / "d", out=tmp_path, final_norm_scale=0.1)
 
 
 def test_prefill_attack_doubles_harmful_prompts_only():
