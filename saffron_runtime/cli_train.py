@@ -300,6 +300,25 @@ def data_children_cmd(
     console.print(f"wrote records with judged children to {out}")
 
 
+@data_app.command("merge-children")
+@one_line_errors
+def data_merge_children_cmd(
+    data: Annotated[
+        list[Path], typer.Option(help="A `saffron data children` file; repeat for each --seed run.")
+    ],
+    out: Annotated[Path, typer.Option(help="Output JSONL: one record per rollout, children merged.")],
+) -> None:
+    """Merge children files judged at different positions of the same rollouts (``--seed`` runs), so the
+    MRM sees more prefixes per rollout without judging any position twice.
+
+    Example: saffron data merge-children --data children_s0.jsonl --data children_s1.jsonl --out children.jsonl
+    """
+    from saffron_runtime.training.child_rewards import merge_child_records
+
+    n = merge_child_records(data, out)
+    console.print(f"wrote {n} merged records to {out}")
+
+
 @data_app.command("splits")
 @one_line_errors
 def data_splits_cmd(

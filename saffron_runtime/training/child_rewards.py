@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import DynamicCache
 
 from saffron_runtime.errors import DataError
-from saffron_runtime.jsonl import iter_jsonl
+from saffron_runtime.jsonl import iter_jsonl, write_jsonl
 from saffron_runtime.models.chat import chat_prompt_ids
 from saffron_runtime.models.kv import kv_kwargs, returned_kv
 from saffron_runtime.models.loading import LoadedModel
@@ -179,3 +179,27 @@ def add_child_rewards(
             f.flush()
             bar.advance(task)
     return out_p
+
+
+def merge_child_records(
+    paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]
+) -> int:
+    """Merge ``saffron data children`` files run with different ``--seed`` over the same rollouts into one
+    record per rollout whose children are the union by position (the first file wins a position both
+    judged), so more prefixes per rollout cost only the new positions. Returns the records written."""
+    merged: dict[str, TokenRewardRecord] = {}
+    for path in paths:
+        for rec in iter_jsonl(Path(path), TokenRewardRecord):
+            first = merged.get(rec.id)
+            if first is None:
+                merged[rec.id] = rec
+                continue
+            if first.response_ids != rec.response_ids or first.prompt != rec.prompt:
+                raise DataError(
+                    f"{path}: record {rec.id!r} is another rollout than the one of the same id in "
+                    f"{paths[0]}; merge only children files built from the same rewards file"
+                )
+            have = {c.t for c in first.children}
+            kids = first.children + [c for c in rec.children if c.t not in have]
+            merged[rec.id] = first.model_copy(update={"children": sorted(kids, key=lambda c: c.t)})
+    return write_jsonl(out, merged.values())

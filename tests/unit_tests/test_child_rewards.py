@@ -7,14 +7,17 @@ import random
 import pytest
 import torch
 
+from saffron_runtime.errors import DataError
+from saffron_runtime.jsonl import read_jsonl, write_jsonl
 from saffron_runtime.training.child_rewards import (
     add_child_rewards,
     choose_positions,
+    merge_child_records,
     nucleus_children,
     score_children_at,
 )
 from saffron_runtime.training.judges import CausalHeadJudge, chat_prefix_builder
-from saffron_runtime.training.reward_data import TokenRewardRecord
+from saffron_runtime.training.reward_data import ChildRewards, TokenRewardRecord
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +85,22 @@ def test_choose_positions_is_all_for_short_responses():
     assert choose_positions(3, 5, random.Random(0)) == [0, 1, 2]
     got = choose_positions(50, 5, random.Random(0))
     assert len(set(got)) == 5 and got == sorted(got)
+
+
+def test_merge_child_records_unions_positions_and_refuses_another_rollout(tmp_path):
+    def rec(rid: str, resp: list[int], ts: list[int], r: float) -> TokenRewardRecord:
+        kids = [ChildRewards(t=t, ids=[7, 8], rewards=[r, -r]) for t in ts]
+        return TokenRewardRecord(id=rid, prompt="p", response_ids=resp, rewards=[0.0] * len(resp), children=kids)
+
+    a, b = tmp_path / "s0.jsonl", tmp_path / "s1.jsonl"
+    write_jsonl(a, [rec("x", [1, 2, 3, 4], [0, 2], 1.0), rec("y", [5, 6], [1], 1.0)])
+    write_jsonl(b, [rec("x", [1, 2, 3, 4], [2, 3], 2.0), rec("z", [9], [0], 1.0)])
+    out = tmp_path / "merged.jsonl"
+    assert merge_child_records([a, b], out) == 3
+    got = {r.id: r for r in read_jsonl(out, TokenRewardRecord)}
+    assert [c.t for c in got["x"].children] == [0, 2, 3]
+    assert got["x"].children[1].rewards == [1.0, -1.0]  # the first file keeps a position both judged
+    assert [c.t for c in got["y"].children] == [1] and "z" in got
+    write_jsonl(b, [rec("x", [1, 2, 9, 4], [3], 2.0)])
+    with pytest.raises(DataError, match="same rewards file"):
+        merge_child_records([a, b], out)
