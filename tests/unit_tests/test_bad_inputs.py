@@ -294,11 +294,12 @@ def jsonl_commands(saved: Any, bad: str, tmp: Any) -> dict[str, list[str]]:
         "train monitor": ["train", "monitor", "--data", bad, "--out", str(tmp / "o2"), "--base", pol],
         "data rewards": ["data", "rewards", "--prompts", bad, "--out", str(tmp / "r.jsonl"), "--policy", pol,
                          "--judge-monitor", mon],
+        "data merge-children": ["data", "merge-children", "--data", bad, "--out", str(tmp / "m.jsonl")],
     }
 
 
 @pytest.mark.parametrize("command", ["eval monitor", "eval prompts", "eval responses", "eval mrm", "eval attack",
-                                     "train mrm", "train monitor", "data rewards"])
+                                     "train mrm", "train monitor", "data rewards", "data merge-children"])
 def test_malformed_jsonl_in_every_cli_that_reads_one(saved, tmp_path, command):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(MALFORMED)
