@@ -86,17 +86,19 @@ bundled-mrm: bundled-data
 	  --judge-monitor $(JUDGE) --judge-ema 0.3 --prefixes 200 --json
 
 # The MRM trained for within-prefix ranking (not yet the shipped one): the LoRA monitor judges the rollouts and,
-# at 12 sampled positions of each, every child in the policy's nucleus; the trainer supervises all of them, with
-# a within-prefix term (--rank-weight: children's rewards centred on their prefix's mean), LoRA on the output layer
-# (--head-lora: a learnable row per token), a per-token bias started from the data (--token-bias) and the final
-# norm trained from a tenth of its gain (--train-final-norm --final-norm-scale 0.1: damps the base logits). The
-# training rollouts are those of policy-rollouts plus every other training prompt (mrm-rollouts-rest). Measured
-# 2026-12-07 on a fresh machine, two one-thread jobs: rollouts of the other 1143 prompts 23 min, children 21 min
-# (all 2747 training and 204 test rollouts), training 2 epochs 22 min; results in benchmarks/README.md
-# ("The base model's logits drown the children's order").
+# at 12 sampled positions of each, drawn twice (--seed 0 and 1, merged by `saffron data merge-children`), every child
+# in the policy's nucleus; the trainer supervises all of them, with a within-prefix term (--rank-weight: children's
+# rewards centred on their prefix's mean), LoRA on the output layer (--head-lora: a learnable row per token), a
+# per-token bias started from the data (--token-bias) and the final norm trained from a fifth of its gain
+# (--train-final-norm --final-norm-scale 0.2: damps the base logits). The training rollouts are those of
+# policy-rollouts plus every other training prompt (mrm-rollouts-rest). Measured 2026-12-08 on a fresh machine, two
+# one-thread queues: the data 73 min wall (rollouts 35 min and children 98 min, summed over the cores), training 2
+# epochs 24 min; results in benchmarks/README.md ("Twice the judged positions"). Its model is committed as
+# benchmarks/models/saffron-mrm-smollm2-children.
 MRM_JUDGE := saffron_runtime/bundled/saffron-monitor-smollm2-lora
 MC := $(RUNS)/mrm-children
 MRM_EPOCHS ?= 2
+MRM_NORM_SCALE ?= 0.2
 CHILDREN := --judge-monitor $(MRM_JUDGE) --judge-ema 0.3 --positions 12 --max-children 12 --top-p 0.8
 # The policy's own rollouts of 500 training and 120 test prompts (plain, and "Sure, here is"-prefilled for the
 # harmful ones), judged by the LoRA monitor: the input of both mrm-children and monitor-policy (resumable).
@@ -120,13 +122,17 @@ mrm-children: mrm-rollouts-rest
 	$(SAFFRON) data children --data $(MC)/rewards_train.jsonl --out $(MC)/children_train.jsonl $(CHILDREN)
 	$(SAFFRON) data children --data $(MC)/rewards_rest.jsonl --out $(MC)/children_rest.jsonl $(CHILDREN)
 	$(SAFFRON) data children --data $(MC)/rewards_test.jsonl --out $(MC)/children_test.jsonl $(CHILDREN)
-	cat $(MC)/children_train.jsonl $(MC)/children_rest.jsonl > $(MC)/children_train_all.jsonl
-	$(SAFFRON) train mrm --data $(MC)/children_train_all.jsonl --out $(MC)/mrm-rank \
+	for part in train rest; do \
+	  $(SAFFRON) data children --data $(MC)/rewards_$$part.jsonl --out $(MC)/children_$${part}_s1.jsonl $(CHILDREN) --seed 1 && \
+	  $(SAFFRON) data merge-children --data $(MC)/children_$$part.jsonl --data $(MC)/children_$${part}_s1.jsonl \
+	    --out $(MC)/children_$${part}24.jsonl || exit 1; done
+	cat $(MC)/children_train24.jsonl $(MC)/children_rest24.jsonl > $(MC)/children_train_all24.jsonl
+	$(SAFFRON) train mrm --data $(MC)/children_train_all24.jsonl --out $(MC)/mrm-rank \
 	  --template chatml --target-modules $(LORA_ALL) --top-layers 10 --lora-r 16 --lora-alpha 32 \
 	  --epochs $(MRM_EPOCHS) --batch-size 8 --lr 1e-3 --max-response-tokens 48 --checkpoint-every 25 --rank-weight 100 \
-	  --head-lora --token-bias --train-final-norm --final-norm-scale 0.1
+	  --head-lora --token-bias --train-final-norm --final-norm-scale $(MRM_NORM_SCALE)
 	cd benchmarks && $(CURDIR)/$(PY) mrm_children_ranking.py --test $(abspath $(MC))/children_test.jsonl \
-	  --train $(abspath $(MC))/children_train_all.jsonl --mrm mrm-rank=$(abspath $(MC))/mrm-rank \
+	  --train $(abspath $(MC))/children_train_all24.jsonl --mrm mrm-rank=$(abspath $(MC))/mrm-rank \
 	  --out $(abspath $(MC))/ranking.json
 	for subset in all plain prefill; do $(SAFFRON) eval mrm --data $(MC)/rewards_test.jsonl \
 	  --mrm $(MC)/mrm-rank --judge-monitor $(MRM_JUDGE) --judge-ema 0.3 --prefixes 200 --top-p 0.8 \
